@@ -1,0 +1,73 @@
+# The entry points people type. Everything installs what it needs first, so a fresh clone works.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+CLIPPER := $(VENV)/bin/clipper
+DEV_REDIS_URL ?= redis://127.0.0.1:6379/0
+PYTEST_ARGS ?=
+
+.PHONY: help system-deps install run test test-fast soak lint bench demo redis-dev clean
+
+help:
+	@echo "make install  - system packages (ffmpeg, redis-server, wget), .venv, the package"
+	@echo "make run      - clipper run dev in the foreground (starts a local Redis under var/ if needed)"
+	@echo "make test     - the whole test suite (real Redis, SeaweedFS S3, HTTP server, ffmpeg)"
+	@echo "make lint     - ruff"
+	@echo "make bench    - media benchmarks (smart vs accurate vs copy), ratios printed"
+	@echo "make demo     - sample media, a multi-output job, the daemon until done, a summary"
+
+system-deps:
+	@missing=""; \
+	for tool in ffmpeg:ffmpeg ffprobe:ffmpeg redis-server:redis-server redis-cli:redis-tools wget:wget; do \
+	  command -v $${tool%%:*} >/dev/null 2>&1 || missing="$$missing $${tool##*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+install: system-deps $(VENV)/.installed
+
+redis-dev: install
+	@if $(VENV)/bin/python -c "import redis,sys; redis.Redis.from_url('$(DEV_REDIS_URL)', socket_connect_timeout=1).ping()" 2>/dev/null; then \
+	  echo "Redis answers at $(DEV_REDIS_URL)"; \
+	else \
+	  echo "starting redis-server under var/redis for $(DEV_REDIS_URL)"; \
+	  mkdir -p var/redis var/log var/run; \
+	  port=$$(echo '$(DEV_REDIS_URL)' | sed -E 's#.*:([0-9]+)(/.*)?$$#\1#'); \
+	  redis-server --port $$port --bind 127.0.0.1 --dir var/redis --appendonly yes --daemonize yes \
+	    --pidfile $(CURDIR)/var/run/redis-dev.pid --logfile $(CURDIR)/var/log/redis-dev.log; \
+	  for i in $$(seq 50); do redis-cli -p $$port ping >/dev/null 2>&1 && break; sleep 0.1; done; \
+	fi
+
+run: redis-dev
+	$(CLIPPER) run dev
+
+test: install
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: install
+	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
+
+soak: install
+	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check clipper tests scripts
+
+bench: install
+	$(PY) scripts/bench.py
+
+demo: redis-dev
+	$(PY) scripts/demo.py
+
+clean:
+	rm -rf var .pytest_cache build *.egg-info
