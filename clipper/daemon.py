@@ -1,0 +1,230 @@
+"""Process lifecycle: the pid-file lock, detaching, readiness, stop-and-wait.
+
+The pid file is locked with `fcntl.flock` for the daemon's whole life. The lock, not the
+file's existence, says whether a daemon runs: a stale file left by kill -9 is no obstacle
+(the kernel dropped the lock with the process), and a live lock cannot be stolen. The file is
+never unlinked (unlinking would let a second daemon lock a fresh inode while the first still
+holds the old one); it is truncated at a clean exit.
+
+`start` forks a child that detaches with python-daemon's DaemonContext; the daemon reports
+"ready <pid>" or "error <reason>" through a pipe, so `clipper start` exits 0 only when the
+daemon holds its lock and has reached Redis.
+
+This module knows processes and pid files, not Redis.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import select
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import daemon as python_daemon
+
+
+class AlreadyRunning(Exception):
+    pass
+
+
+class PidLock:
+    """An exclusive flock on the pid file, held until the process exits."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise OSError(f"cannot open pid file {self.path}: {exc.strerror}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                pid = read_pid(self.path)
+                raise AlreadyRunning(f"already running (pid {pid if pid else 'unknown'}, lock on {self.path})") from None
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        os.fsync(fd)
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            try:
+                os.ftruncate(self.fd, 0)
+            except OSError:
+                pass
+            os.close(self.fd)
+            self.fd = None
+
+
+def read_pid(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def lock_holder(path: Path) -> int | None:
+    """The pid of the process holding the lock on `path`, or None when nobody holds it.
+
+    Probing with a non-blocking flock from here is the authoritative test; the pid comes from
+    the file, written by the holder right after it took the lock (retried briefly, for the
+    instant between the two).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+    finally:
+        os.close(fd)
+    for _ in range(50):
+        pid = read_pid(path)
+        if pid and _alive(pid):
+            return pid
+        time.sleep(0.02)
+    return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class Readiness:
+    """The write end of the pipe to `clipper start` (None in the foreground)."""
+
+    fd: int | None = None
+
+    def ready(self) -> None:
+        self._say(f"ready {os.getpid()}")
+
+    def fail(self, reason: str) -> None:
+        self._say("error " + " ".join(reason.split()))
+
+    def _say(self, line: str) -> None:
+        if self.fd is None:
+            return
+        try:
+            os.write(self.fd, (line + "\n").encode())
+            os.close(self.fd)
+        except OSError:
+            pass
+        self.fd = None
+
+
+def start_detached(run: Callable[[Readiness, list[int]], int], *, keep_fds: list[int], wait: float = 30.0) -> tuple[bool, str]:
+    """Fork; the child detaches (DaemonContext: double fork, setsid, umask 022, chdir /,
+    stdin closed, other fds closed) and calls `run(readiness, keep_fds)`. The parent waits for
+    the readiness line. Returns (ok, "pid" or reason)."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        os.close(read_fd)
+        code = 1
+        try:
+            context = python_daemon.DaemonContext(
+                umask=0o022,
+                working_directory="/",
+                files_preserve=[write_fd, *keep_fds],
+                detach_process=True,
+                signal_map={},  # the daemon installs its own handlers in its main thread
+                prevent_core=True,
+            )
+            with context:
+                code = run(Readiness(write_fd), keep_fds)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        except BaseException as exc:  # noqa: BLE001 - report anything to the waiting parent
+            try:
+                os.write(write_fd, f"error {type(exc).__name__}: {exc}\n".encode())
+            except OSError:
+                pass
+        finally:
+            os._exit(code if isinstance(code, int) else 1)
+    os.close(write_fd)
+    os.waitpid(pid, 0)  # the intermediate child exits as soon as DaemonContext detaches
+    return _read_readiness(read_fd, wait)
+
+
+def _read_readiness(fd: int, wait: float) -> tuple[bool, str]:
+    deadline = time.monotonic() + wait
+    data = b""
+    try:
+        while b"\n" not in data:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False, f"daemon did not report ready within {wait:g} s (see the log file)"
+            ready, _, _ = select.select([fd], [], [], left)
+            if not ready:
+                continue
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                return False, "daemon exited before it was ready (see the log file)"
+            data += chunk
+    finally:
+        os.close(fd)
+    line = data.split(b"\n", 1)[0].decode("utf-8", "replace")
+    word, _, rest = line.partition(" ")
+    return (True, rest) if word == "ready" else (False, rest or line)
+
+
+def stop_and_wait(pid_file: Path, timeout: float, report: Callable[[str], None],
+                  waiting_for: Callable[[], str | None] = lambda: None) -> bool:
+    """SIGTERM the lock holder, then wait until the lock is free. True when stopped (or when
+    nothing was running). Never signals a pid that does not hold the lock."""
+    pid = lock_holder(pid_file)
+    if pid is None:
+        report("not running")
+        return True
+    os.kill(pid, signal.SIGTERM)
+    report(f"sent SIGTERM to pid {pid}; waiting up to {timeout:g} s for it to drain and exit")
+    deadline = time.monotonic() + timeout
+    last_said = 0.0
+    while time.monotonic() < deadline:
+        if lock_holder(pid_file) != pid:
+            report(f"stopped (pid {pid})")
+            return True
+        if time.monotonic() - last_said >= 2.0:
+            what = waiting_for()
+            if what:
+                report(f"waiting for pid {pid}: {what}")
+            last_said = time.monotonic()
+        time.sleep(0.1)
+    report(f"still running after {timeout:g} s (pid {pid})")
+    return False
+
+
+def redirect_std_streams(log_fd: int) -> None:
+    """Daemon stdout/stderr go to the log file (tracebacks of last resort land there)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)

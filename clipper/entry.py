@@ -1,0 +1,363 @@
+"""The main loop: claim only when a worker is free, record outcomes, heartbeat, reap, drain.
+
+Only the main thread talks to the queue's transitions and handles signals; workers run one
+job each and return an `Outcome`, which the main thread records. When Redis is away the
+outcomes wait in memory and are recorded once it is back, so no result or ack is lost; if the
+daemon dies meanwhile, the items are still in its processing list and are redone (effects
+are idempotent: output keys are a pure function of the message).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import redis
+
+from clipper import __version__, logs
+from clipper.daemon import Readiness
+from clipper.errors import Cancelled, PermanentError, TransientError
+from clipper.jobs.command import JobControl
+from clipper.jobs.pipeline import JobContext, failed_result, run_job
+from clipper.jobs.spec import JobSpec, job_id_for_raw, parse_message
+from clipper.jobs.upload import make_uploader
+from clipper.queue import ReliableQueue, backoff_delay, default_consumer_id
+from clipper.settings import Settings
+
+REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, redis.ReadOnlyError)
+CANCEL_GRACE = 10.0  # after the deadline kill, how long stuck workers may take to return
+
+
+@dataclass
+class Outcome:
+    kind: Literal["ack", "retry", "bury", "requeue"]
+    raw: bytes
+    job_id: str
+    result: dict[str, Any] | None = None
+    reply_to: str | None = None
+    delay: float = 0.0
+    error: dict[str, str] | None = None
+    attempts: int = 0
+
+
+@dataclass
+class InFlight:
+    raw: bytes
+    job_id: str
+    attempts: int
+    control: JobControl
+    started: float = field(default_factory=time.monotonic)
+
+
+def connect_redis(settings: Settings) -> redis.Redis:
+    r = settings.redis
+    return redis.Redis.from_url(r.url, socket_timeout=max(r.socket_timeout, 3.0), socket_connect_timeout=r.socket_timeout,
+                                health_check_interval=10)
+
+
+def redis_durability_warnings(client: redis.Redis) -> list[str]:
+    """Redis is the system of record: eviction or no persistence can drop queued items."""
+    warnings = []
+    try:
+        policy = client.config_get("maxmemory-policy").get("maxmemory-policy")
+        aof = client.config_get("appendonly").get("appendonly")
+        save = client.config_get("save").get("save")
+    except redis.ResponseError:
+        return ["cannot read Redis CONFIG (managed Redis?): check maxmemory-policy=noeviction and persistence yourself"]
+    if policy and policy != "noeviction":
+        warnings.append(f"Redis maxmemory-policy is {policy!r}, not 'noeviction': queued items can be evicted")
+    if aof == "no" and not save:
+        warnings.append("Redis persistence is off (appendonly no, no save points): a Redis restart loses every queued item")
+    return warnings
+
+
+class Worker:
+    """Runs one job on a pool thread and says what should happen to its item."""
+
+    def __init__(self, settings: Settings, queue: ReliableQueue, scratch: Path):
+        self.settings = settings
+        self.queue = queue
+        self.scratch = scratch
+        self.uploader = make_uploader(settings.output)
+
+    def __call__(self, item: InFlight) -> Outcome:
+        log = logs.get_logger(job_id=item.job_id, attempt=item.attempts)
+        spec: JobSpec | None = None
+        started = time.monotonic()
+        try:
+            spec = parse_message(item.raw, self.settings.media)
+            ctx = JobContext(settings=self.settings, uploader=self.uploader, control=item.control,
+                             scratch=self.scratch, progress=lambda stage: self._progress(item.job_id, stage), log=log)
+            result = run_job(spec, ctx, item.attempts)
+            log.info("job.done", seconds=round(time.monotonic() - started, 3), outputs=len(result["outputs"]),
+                     timings=result["timings"])
+            return Outcome("ack", item.raw, item.job_id, result=result, reply_to=spec.reply_to, attempts=item.attempts)
+        except Cancelled:
+            log.warning("job.cancelled", seconds=round(time.monotonic() - started, 3))
+            return Outcome("requeue", item.raw, item.job_id, attempts=item.attempts)
+        except PermanentError as exc:
+            return self._failed(item, spec, "permanent", str(exc), log, started)
+        except TransientError as exc:
+            return self._failed(item, spec, "transient", str(exc), log, started)
+        except Exception as exc:  # noqa: BLE001 - a bug must not kill the daemon or lose the item
+            log.exception("job.internal_error")
+            return self._failed(item, spec, "transient", f"internal error: {type(exc).__name__}: {exc}", log, started)
+
+    def _failed(self, item: InFlight, spec: JobSpec | None, kind: str, message: str, log: Any, started: float) -> Outcome:
+        message = logs.scrub(message)
+        error = {"kind": kind, "message": message}
+        seconds = round(time.monotonic() - started, 3)
+        max_attempts = self.settings.retry.max_attempts
+        reply_to = spec.reply_to if spec else None
+        if kind == "transient" and item.attempts < max_attempts:
+            r = self.settings.retry
+            delay = backoff_delay(item.attempts, r.backoff_base, r.backoff_max)
+            log.warning("job.retry", error=message, delay=round(delay, 3), seconds=seconds)
+            return Outcome("retry", item.raw, item.job_id, delay=delay, error=error, attempts=item.attempts)
+        if kind == "transient":
+            error = {"kind": kind, "message": f"gave up after {item.attempts} attempts (retry.max_attempts): {message}"}
+        log.error("job.dead", error=error["message"], kind=kind, seconds=seconds)
+        result = failed_result(item.job_id, item.attempts, error)
+        return Outcome("bury", item.raw, item.job_id, result=result, reply_to=reply_to, error=error, attempts=item.attempts)
+
+    def _progress(self, job_id: str, stage: str) -> None:
+        try:
+            self.queue.set_progress(job_id, stage)
+        except REDIS_ERRORS:
+            pass  # progress is informative; the outcome is what must not be lost
+
+
+class Entry:
+    """Owns the loop, the pool and the signals; talks to the queue and to the workers."""
+
+    def __init__(self, settings: Settings, readiness: Readiness | None = None, reopen_log: Any = None):
+        self.settings = settings
+        self.readiness = readiness or Readiness()
+        self.log = logs.get_logger(env=settings.env)
+        self.workers = settings.workers.resolved_count()
+        self.consumer = default_consumer_id(str(settings.daemon.pid_file))
+        self.redis = connect_redis(settings)
+        self.queue = ReliableQueue(self.redis, settings.redis.queue, self.consumer, result_ttl=settings.results.ttl)
+        self.scratch = settings.daemon.work_dir / self.consumer
+        self.in_flight: dict[Future, InFlight] = {}
+        self.outcomes: collections.deque[Outcome] = collections.deque()
+        self.wake = threading.Event()
+        self.stopping = False
+        self.deadline: float | None = None
+        self.cancelled_at: float | None = None
+        self.reload_requested = False
+        self.redis_down_since: float | None = None
+        self._next = {"heartbeat": 0.0, "promote": 0.0, "reap": 0.0}
+        self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="clipper-worker")
+        self._worker = Worker(settings, self.queue, self.scratch)
+
+    # -- signals (main thread only) --------------------------------------------------------------
+    def install_signals(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_stop_signal)
+        signal.signal(signal.SIGINT, self._on_stop_signal)
+        signal.signal(signal.SIGHUP, self._on_hup)
+
+    def _on_stop_signal(self, signum: int, _frame: Any) -> None:
+        now = time.monotonic()
+        if not self.stopping:
+            self.stopping = True
+            self.deadline = now + self.settings.daemon.stop_timeout
+        else:
+            self.deadline = now  # second signal: the deadline is now
+        self.wake.set()
+
+    def _on_hup(self, _signum: int, _frame: Any) -> None:
+        self.reload_requested = True
+        self.wake.set()
+
+    # -- start ----------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Reach Redis, take back our own leftovers, warn about durability; raises on failure."""
+        self.redis.ping()
+        for warning in redis_durability_warnings(self.redis):
+            self.log.warning("redis.durability", warning=warning)
+        shutil.rmtree(self.scratch, ignore_errors=True)  # a crashed predecessor's downloads
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        recovered = self.queue.recover_own()
+        if recovered:
+            self.log.warning("queue.recovered_own", items=recovered, consumer=self.consumer)
+        self._heartbeat()
+        self._maintain(force=True)
+
+    def run(self) -> int:
+        self.install_signals()
+        self.prepare()
+        self.log.info("daemon.ready", pid=os.getpid(), workers=self.workers, consumer=self.consumer,
+                      queue=self.settings.redis.queue, version=__version__)
+        self.readiness.ready()
+        try:
+            self._loop()
+        finally:
+            self._finish()
+        return 0
+
+    # -- the loop -------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            if self.reload_requested:
+                self.reload_requested = False
+                logs.reopen()
+                self.log.info("log.reopened")
+            self._collect_finished()
+            try:
+                self._record_outcomes()
+                self._maintain()
+                if self.redis_down_since is not None:
+                    self.log.warning("redis.back", down_seconds=round(time.monotonic() - self.redis_down_since, 3))
+                    self.redis_down_since = None
+            except REDIS_ERRORS as exc:
+                self._redis_trouble(exc)
+                if self._give_up_waiting_for_redis():
+                    return
+                continue
+            if self.stopping:
+                if self._drained():
+                    return
+                self.wake.wait(0.2)
+                self.wake.clear()
+                continue
+            if len(self.in_flight) >= self.workers:
+                self.wake.wait(1.0)  # claim only when a worker slot is free
+                self.wake.clear()
+                continue
+            try:
+                raw = self.queue.claim(timeout=1)
+            except REDIS_ERRORS as exc:
+                self._redis_trouble(exc)
+                continue
+            if raw is not None:
+                self._start(raw)
+
+    def _start(self, raw: bytes) -> None:
+        job_id = job_id_for_raw(raw)
+        try:
+            attempts = self.queue.mark_claimed(job_id)
+        except REDIS_ERRORS:
+            attempts = 1  # counted as best we can; the item is safe in our processing list
+        item = InFlight(raw, job_id, attempts, JobControl(job_id))
+        log = self.log.bind(job_id=job_id, attempt=attempts)
+        if attempts > self.settings.retry.max_attempts:
+            # It was claimed this often without an outcome: it kills the daemon (or a worker).
+            error = {"kind": "permanent", "message": f"claimed {attempts} times without finishing (more than "
+                     f"retry.max_attempts = {self.settings.retry.max_attempts}); the message may crash the daemon"}
+            log.error("job.dead", error=error["message"], kind="poison")
+            self.outcomes.append(Outcome("bury", raw, job_id, result=failed_result(job_id, attempts, error),
+                                         error=error, attempts=attempts))
+            return
+        log.info("job.claimed", in_flight=len(self.in_flight) + 1, workers=self.workers)
+        future = self._pool.submit(self._worker, item)
+        self.in_flight[future] = item
+        self._next["heartbeat"] = 0.0  # `clipper stats` shows in-flight jobs without delay
+        future.add_done_callback(lambda _f: self.wake.set())
+
+    def _collect_finished(self) -> None:
+        for future in [f for f in self.in_flight if f.done()]:
+            item = self.in_flight.pop(future)
+            self._next["heartbeat"] = 0.0
+            try:
+                self.outcomes.append(future.result())
+            except BaseException as exc:  # noqa: BLE001 - Worker catches everything; belt and braces
+                self.log.error("job.worker_crashed", job_id=item.job_id, error=repr(exc))
+                self.outcomes.append(Outcome("retry", item.raw, item.job_id, delay=1.0,
+                                             error={"kind": "transient", "message": repr(exc)}))
+
+    def _record_outcomes(self) -> None:
+        while self.outcomes:
+            o = self.outcomes[0]
+            if o.kind == "ack":
+                self.queue.ack(o.raw, o.job_id, o.result or {}, o.reply_to)
+            elif o.kind == "retry":
+                self.queue.retry_later(o.raw, o.job_id, o.delay, (o.error or {}).get("message", ""))
+            elif o.kind == "bury":
+                self.queue.bury(o.raw, o.job_id, o.error or {}, o.attempts, o.result or {}, o.reply_to)
+            else:
+                self.queue.requeue(o.raw, o.job_id)
+                self.log.info("job.requeued", job_id=o.job_id)
+            self.outcomes.popleft()
+
+    def _maintain(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now >= self._next["heartbeat"]:
+            self._heartbeat()
+            self._next["heartbeat"] = now + self.settings.redis.heartbeat_ttl / 3
+        if force or now >= self._next["promote"]:
+            promoted = self.queue.promote_due()
+            if promoted:
+                self.log.info("queue.promoted_retries", items=promoted)
+            self._next["promote"] = now + 1.0
+        if force or now >= self._next["reap"]:
+            for consumer, n in self.queue.reap().items():
+                self.log.warning("queue.reaped", consumer=consumer, items=n)
+            self._next["reap"] = now + self.settings.redis.heartbeat_ttl / 2
+
+    def _heartbeat(self) -> None:
+        self.queue.heartbeat(self.settings.redis.heartbeat_ttl, {
+            "pid": os.getpid(), "workers": self.workers, "in_flight": len(self.in_flight),
+            "jobs": [i.job_id for i in self.in_flight.values()], "stopping": self.stopping, "at": round(time.time(), 3),
+        })
+
+    def _redis_trouble(self, exc: Exception) -> None:
+        if self.redis_down_since is None:
+            self.redis_down_since = time.monotonic()
+            self.log.error("redis.unavailable", error=str(exc), pending_outcomes=len(self.outcomes))
+        self._collect_finished()
+        if self.stopping and self.deadline is not None and time.monotonic() >= self.deadline:
+            self._cancel_in_flight()
+        self.wake.wait(min(1.0, 0.1 + (time.monotonic() - self.redis_down_since) / 10))
+        self.wake.clear()
+
+    # -- shutdown -------------------------------------------------------------------------------
+    def _drained(self) -> bool:
+        """While stopping: True once nothing is in flight and every outcome is recorded."""
+        now = time.monotonic()
+        if self.in_flight and self.deadline is not None and now >= self.deadline:
+            self._cancel_in_flight()
+        if self.in_flight and self.cancelled_at is not None and now - self.cancelled_at > CANCEL_GRACE:
+            # Workers stuck outside a subprocess (e.g. an S3 call): their items go back anyway.
+            for future, item in list(self.in_flight.items()):
+                self.log.error("job.abandoned", job_id=item.job_id)
+                self.outcomes.append(Outcome("requeue", item.raw, item.job_id))
+                self.in_flight.pop(future)
+        return not self.in_flight and not self.outcomes
+
+    def _give_up_waiting_for_redis(self) -> bool:
+        """Stopping, past the deadline and its grace, Redis still away: exit anyway. Unrecorded
+        items stay in our processing list and are taken back by the next start."""
+        if not (self.stopping and self.deadline is not None):
+            return False
+        if time.monotonic() < self.deadline + CANCEL_GRACE:
+            return False
+        self.log.error("daemon.exit_without_redis", unrecorded=[o.job_id for o in self.outcomes])
+        return True
+
+    def _cancel_in_flight(self) -> None:
+        if self.cancelled_at is not None:
+            return
+        self.cancelled_at = time.monotonic()
+        jobs = [item.job_id for item in self.in_flight.values()]
+        self.log.warning("daemon.deadline", jobs=jobs)
+        for item in self.in_flight.values():
+            item.control.cancel()
+
+    def _finish(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        try:
+            self.queue.leave()
+        except REDIS_ERRORS as exc:
+            self.log.warning("redis.leave_failed", error=str(exc))
+        shutil.rmtree(self.scratch, ignore_errors=True)
+        self.log.info("daemon.stopped", pid=os.getpid())

@@ -1,0 +1,323 @@
+"""The reliable Redis queue: every state change of an item is one atomic operation.
+
+An item (the raw message bytes, exactly as the producer pushed them) is at every instant in
+exactly one of: `Q` (pending), `Q:processing:<consumer>` (held by a daemon), `Q:retry`
+(waiting for its next attempt), `Q:dead` (dead letters), or it has been acknowledged after
+its result was recorded. Moves are BLMOVE or one Lua script each, so a crash between two
+commands can never leave an item in two places or in none.
+
+This module knows Redis keys and transitions; it knows nothing about ffmpeg or media.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+# Retry members carry a random 8-hex prefix: a sorted set keeps one copy of equal members,
+# and two identical messages waiting at once must stay two items.
+_RETRY_NONCE_LEN = 9  # "xxxxxxxx|"
+
+_MARK_CLAIMED = """
+-- KEYS: job. ARGV: now, raw. Counts the attempt at claim time, so a message that kills
+-- the daemon every time is still counted (and buried after retry.max_attempts).
+-- A finished record (done/failed) means this is a new submission of the same message.
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'done' or status == 'failed' then redis.call('HDEL', KEYS[1], 'attempts', 'result', 'finished_at') end
+local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1], 'updated_at', ARGV[1], 'progress', 'claimed')
+redis.call('HSETNX', KEYS[1], 'created_at', ARGV[1])
+redis.call('PERSIST', KEYS[1])
+return attempts
+"""
+
+_ACK = """
+-- KEYS: processing, job, events, [reply_to]. ARGV: raw, status, result, now, ttl, event
+local removed = redis.call('LREM', KEYS[1], 1, ARGV[1])
+redis.call('HSET', KEYS[2], 'status', ARGV[2], 'result', ARGV[3], 'finished_at', ARGV[4], 'updated_at', ARGV[4], 'progress', ARGV[2])
+redis.call('EXPIRE', KEYS[2], tonumber(ARGV[5]))
+if KEYS[4] then redis.call('LPUSH', KEYS[4], ARGV[3]) end
+redis.call('PUBLISH', KEYS[3], ARGV[6])
+return removed
+"""
+
+_RETRY_LATER = """
+-- KEYS: processing, retry, job, events. ARGV: raw, member, due, now, event, error
+local removed = redis.call('LREM', KEYS[1], 1, ARGV[1])
+if removed == 0 then return 0 end
+redis.call('ZADD', KEYS[2], tonumber(ARGV[3]), ARGV[2])
+redis.call('HSET', KEYS[3], 'status', 'retrying', 'due_at', ARGV[3], 'updated_at', ARGV[4], 'last_error', ARGV[6])
+redis.call('PUBLISH', KEYS[4], ARGV[5])
+return 1
+"""
+
+_BURY = """
+-- KEYS: processing, dead, job, events, [reply_to]. ARGV: raw, dead_entry, result, now, ttl, event
+local removed = redis.call('LREM', KEYS[1], 1, ARGV[1])
+if removed == 0 then return 0 end
+redis.call('LPUSH', KEYS[2], ARGV[2])
+redis.call('HSET', KEYS[3], 'status', 'failed', 'result', ARGV[3], 'finished_at', ARGV[4], 'updated_at', ARGV[4], 'progress', 'failed')
+redis.call('EXPIRE', KEYS[3], tonumber(ARGV[5]))
+if KEYS[5] then redis.call('LPUSH', KEYS[5], ARGV[3]) end
+redis.call('PUBLISH', KEYS[4], ARGV[6])
+return 1
+"""
+
+_REQUEUE = """
+-- KEYS: processing, queue, job, events. ARGV: raw, now, event, uncount
+-- Back to the consuming end of Q (it was next in line). An attempt cut short by our own
+-- shutdown is not the message's fault, so it is not counted.
+local removed = redis.call('LREM', KEYS[1], 1, ARGV[1])
+if removed == 0 then return 0 end
+redis.call('RPUSH', KEYS[2], ARGV[1])
+if ARGV[4] == '1' and tonumber(redis.call('HGET', KEYS[3], 'attempts') or '0') > 0 then
+  redis.call('HINCRBY', KEYS[3], 'attempts', -1)
+end
+redis.call('HSET', KEYS[3], 'status', 'queued', 'updated_at', ARGV[2], 'progress', 'requeued')
+redis.call('PUBLISH', KEYS[4], ARGV[3])
+return 1
+"""
+
+_PROMOTE = """
+-- KEYS: retry, queue. ARGV: now, limit. Due retries go to the consuming end of Q.
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for _, member in ipairs(due) do
+  redis.call('ZREM', KEYS[1], member)
+  redis.call('RPUSH', KEYS[2], string.sub(member, 10))
+end
+return #due
+"""
+
+_REAP = """
+-- KEYS: processing, queue, heartbeat, consumers. ARGV: consumer, force
+-- Moves a dead consumer's items back to the consuming end of Q, oldest consumed first.
+if ARGV[2] ~= '1' and redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
+local n = 0
+while redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT') do n = n + 1 end
+if ARGV[2] ~= '1' then redis.call('SREM', KEYS[4], ARGV[1]) end
+return n
+"""
+
+_DEAD_RETRY = """
+-- KEYS: dead, queue, job. ARGV: entry, raw, now. Moves one dead letter back to Q with a
+-- fresh attempt count (an operator decided it deserves another round).
+local removed = redis.call('LREM', KEYS[1], 1, ARGV[1])
+if removed == 0 then return 0 end
+redis.call('LPUSH', KEYS[2], ARGV[2])
+redis.call('HSET', KEYS[3], 'status', 'queued', 'attempts', 0, 'updated_at', ARGV[3], 'progress', 'requeued from dead')
+return 1
+"""
+
+
+def default_consumer_id(pid_file: str) -> str:
+    """Stable for one host and pid file: a daemon restarted after a crash holds the pid lock,
+    so nobody else uses this id, and it can take its own leftovers back at once."""
+    import hashlib
+
+    digest = hashlib.sha1(os.path.realpath(pid_file).encode()).hexdigest()[:8]
+    return f"{socket.gethostname()}-{digest}"
+
+
+def backoff_delay(attempt: int, base: float, maximum: float, rng: random.Random | None = None) -> float:
+    """Exponential backoff with full jitter in its upper half: base * 2**(attempt-1), capped,
+    then a random point between half of it and all of it (spreads a thundering herd)."""
+    rng = rng or random
+    ceiling = min(maximum, base * (2 ** max(0, attempt - 1)))
+    return ceiling / 2 + rng.random() * ceiling / 2
+
+
+@dataclass(frozen=True)
+class Keys:
+    queue: str
+
+    @property
+    def retry(self) -> str:
+        return f"{self.queue}:retry"
+
+    @property
+    def dead(self) -> str:
+        return f"{self.queue}:dead"
+
+    @property
+    def consumers(self) -> str:
+        return f"{self.queue}:consumers"
+
+    @property
+    def events(self) -> str:
+        return f"{self.queue}:events"
+
+    def processing(self, consumer: str) -> str:
+        return f"{self.queue}:processing:{consumer}"
+
+    def heartbeat(self, consumer: str) -> str:
+        return f"{self.queue}:consumer:{consumer}"
+
+    def job(self, job_id: str) -> str:
+        return f"{self.queue}:job:{job_id}"
+
+
+def _now() -> float:
+    return time.time()
+
+
+def _event(job_id: str, status: str, **extra: Any) -> str:
+    return json.dumps({"id": job_id, "status": status, "at": round(_now(), 3), **extra}, separators=(",", ":"))
+
+
+class ReliableQueue:
+    """Named atomic transitions over the keys derived from `redis.queue`."""
+
+    def __init__(self, client: redis.Redis, queue: str, consumer: str, *, result_ttl: int = 7 * 24 * 3600):
+        self.r = client
+        self.keys = Keys(queue)
+        self.consumer = consumer
+        self.processing = self.keys.processing(consumer)
+        self.result_ttl = result_ttl
+        self._mark_claimed = client.register_script(_MARK_CLAIMED)
+        self._ack = client.register_script(_ACK)
+        self._retry_later = client.register_script(_RETRY_LATER)
+        self._bury = client.register_script(_BURY)
+        self._requeue = client.register_script(_REQUEUE)
+        self._promote = client.register_script(_PROMOTE)
+        self._reap = client.register_script(_REAP)
+        self._dead_retry = client.register_script(_DEAD_RETRY)
+
+    # -- producers -------------------------------------------------------------------------
+    def push(self, raw: bytes | str) -> int:
+        return int(self.r.lpush(self.keys.queue, raw))
+
+    # -- taking and finishing work -----------------------------------------------------------
+    def claim(self, timeout: float = 1.0) -> bytes | None:
+        """Move the oldest pending item into our processing list (blocks at most `timeout`)."""
+        return self.r.blmove(self.keys.queue, self.processing, timeout, "RIGHT", "LEFT")
+
+    def mark_claimed(self, job_id: str) -> int:
+        """Count the attempt and mark the job running; returns the attempt number."""
+        now = _now()
+        attempts = int(self._mark_claimed(keys=[self.keys.job(job_id)], args=[now, ""]))
+        self.r.publish(self.keys.events, _event(job_id, "running", attempts=attempts))
+        return attempts
+
+    def ack(self, raw: bytes, job_id: str, result: dict[str, Any], reply_to: str | None = None) -> bool:
+        """Record the result (job hash, reply_to, event) and remove the item, in one step."""
+        keys = [self.processing, self.keys.job(job_id), self.keys.events] + ([reply_to] if reply_to else [])
+        payload = json.dumps(result, separators=(",", ":"))
+        event = _event(job_id, result.get("status", "done"))
+        return bool(self._ack(keys=keys, args=[raw, result.get("status", "done"), payload, _now(), self.result_ttl, event]))
+
+    def retry_later(self, raw: bytes, job_id: str, delay: float, error: str) -> bool:
+        due = _now() + delay
+        member = f"{random.getrandbits(32):08x}|".encode() + (raw if isinstance(raw, bytes) else raw.encode())
+        event = _event(job_id, "retrying", due_at=round(due, 3), error=error)
+        return bool(self._retry_later(keys=[self.processing, self.keys.retry, self.keys.job(job_id), self.keys.events],
+                                      args=[raw, member, due, _now(), event, error]))
+
+    def bury(self, raw: bytes, job_id: str, error: dict[str, str], attempts: int, result: dict[str, Any],
+             reply_to: str | None = None) -> bool:
+        """Dead-letter the item with the reason, record the failed result, tell the producer."""
+        now = _now()
+        entry = json.dumps({"raw": raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw, "id": job_id,
+                            "error": error, "attempts": attempts, "failed_at": round(now, 3)}, separators=(",", ":"))
+        keys = [self.processing, self.keys.dead, self.keys.job(job_id), self.keys.events] + ([reply_to] if reply_to else [])
+        return bool(self._bury(keys=keys, args=[raw, entry, json.dumps(result, separators=(",", ":")), now,
+                                                self.result_ttl, _event(job_id, "failed", error=error)]))
+
+    def requeue(self, raw: bytes, job_id: str, *, uncount: bool = True) -> bool:
+        """Put a held item back at the consuming end of Q (shutdown deadline)."""
+        return bool(self._requeue(keys=[self.processing, self.keys.queue, self.keys.job(job_id), self.keys.events],
+                                  args=[raw, _now(), _event(job_id, "queued"), "1" if uncount else "0"]))
+
+    def set_progress(self, job_id: str, progress: str) -> None:
+        self.r.hset(self.keys.job(job_id), mapping={"progress": progress, "updated_at": _now()})
+
+    # -- maintenance -------------------------------------------------------------------------
+    def promote_due(self, limit: int = 100) -> int:
+        return int(self._promote(keys=[self.keys.retry, self.keys.queue], args=[_now(), limit]))
+
+    def heartbeat(self, ttl: float, info: dict[str, Any]) -> None:
+        pipe = self.r.pipeline(transaction=True)
+        pipe.set(self.keys.heartbeat(self.consumer), json.dumps(info, separators=(",", ":")), px=int(ttl * 1000))
+        pipe.sadd(self.keys.consumers, self.consumer)
+        pipe.execute()
+
+    def recover_own(self) -> int:
+        """At start: we hold the pid lock, so whatever our consumer id still holds is a leftover
+        of a crashed predecessor; put it back now instead of waiting for the heartbeat to expire."""
+        return int(self._reap(keys=[self.processing, self.keys.queue, self.keys.heartbeat(self.consumer),
+                                    self.keys.consumers], args=[self.consumer, "1"]))
+
+    def reap(self) -> dict[str, int]:
+        """Give back the items of consumers whose heartbeat expired."""
+        moved: dict[str, int] = {}
+        for raw_id in self.r.smembers(self.keys.consumers):
+            consumer = raw_id.decode() if isinstance(raw_id, bytes) else raw_id
+            if consumer == self.consumer:
+                continue
+            n = int(self._reap(keys=[self.keys.processing(consumer), self.keys.queue, self.keys.heartbeat(consumer),
+                                     self.keys.consumers], args=[consumer, "0"]))
+            if n >= 0:
+                moved[consumer] = n
+        return moved
+
+    def leave(self) -> None:
+        """Clean exit: drop our heartbeat; keep our id in the set while we still hold items."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.delete(self.keys.heartbeat(self.consumer))
+        pipe.execute()
+        if self.r.llen(self.processing) == 0:
+            self.r.srem(self.keys.consumers, self.consumer)
+
+    # -- inspection --------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        consumers = sorted(c.decode() for c in self.r.smembers(self.keys.consumers))
+        live, in_flight = [], {}
+        for c in consumers:
+            hb = self.r.get(self.keys.heartbeat(c))
+            if hb is not None:
+                live.append({"consumer": c, **json.loads(hb)})
+            held = self.r.llen(self.keys.processing(c))
+            if held:
+                in_flight[c] = held
+        return {
+            "queue": self.keys.queue,
+            "pending": self.r.llen(self.keys.queue),
+            "processing": sum(in_flight.values()),
+            "retry": self.r.zcard(self.keys.retry),
+            "dead": self.r.llen(self.keys.dead),
+            "consumers": live,
+            "in_flight": in_flight,
+        }
+
+    def held_items(self, consumer: str | None = None) -> list[bytes]:
+        return self.r.lrange(self.keys.processing(consumer or self.consumer), 0, -1)
+
+    def dead_entries(self, limit: int = 100) -> list[bytes]:
+        return self.r.lrange(self.keys.dead, 0, limit - 1)
+
+    def dead_retry(self, ids: list[str] | None = None) -> int:
+        """Move dead letters (all, or those whose job id is in `ids`) back to Q."""
+        moved = 0
+        for entry in self.r.lrange(self.keys.dead, 0, -1):
+            try:
+                parsed = json.loads(entry)
+                job_id, raw = str(parsed["id"]), parsed["raw"]
+            except (ValueError, KeyError, TypeError):
+                continue
+            if ids and job_id not in ids:
+                continue
+            moved += int(self._dead_retry(keys=[self.keys.dead, self.keys.queue, self.keys.job(job_id)],
+                                          args=[entry, raw, _now()]))
+        return moved
+
+    def dead_purge(self) -> int:
+        pipe = self.r.pipeline(transaction=True)
+        pipe.llen(self.keys.dead)
+        pipe.delete(self.keys.dead)
+        return int(pipe.execute()[0])

@@ -1,0 +1,263 @@
+"""Typed settings: `settings/<ENV>.toml`, then `CLIPPER_<SECTION>__<KEY>` environment
+variables, then command-line options; validated once, at start.
+
+Unknown keys are errors (a typo in prod must not silently fall back to a default), and
+relative paths are made absolute against the directory clipper was started from, before
+the daemon detaches and changes directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from clipper.errors import SettingsError
+
+ENV_PREFIX = "CLIPPER_"
+SETTINGS_DIR_ENV = "CLIPPER_SETTINGS_DIR"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RedisSettings(_Section):
+    url: str = "redis://127.0.0.1:6379/0"
+    queue: str = Field(default="clipper:jobs", min_length=1, max_length=200)
+    heartbeat_ttl: float = Field(default=15.0, gt=1)
+    socket_timeout: float = Field(default=5.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, v: str) -> str:
+        if not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return v
+
+
+class DaemonSettings(_Section):
+    pid_file: Path = Path("var/run/clipper.pid")
+    log_file: Path = Path("var/log/clipper.log")
+    work_dir: Path = Path("var/work")
+    stop_timeout: float = Field(default=30.0, ge=0)
+    log_level: Literal["debug", "info", "warning", "error"] = "debug"
+
+
+class WorkersSettings(_Section):
+    count: int = Field(default=0, ge=0, le=256)
+    ffmpeg_threads: int = Field(default=0, ge=0, le=64)
+
+    def resolved_count(self) -> int:
+        return self.count or os.cpu_count() or 1
+
+
+class FetchSettings(_Section):
+    allow_private: bool = False
+    allow_file_roots: tuple[Path, ...] = ()
+    timeout: float = Field(default=300.0, gt=0)
+    connect_timeout: float = Field(default=10.0, gt=0)
+    max_bytes: int = Field(default=10 * 1024**3, gt=0)
+    max_redirects: int = Field(default=5, ge=0, le=20)
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+
+
+class OutputSettings(_Section):
+    kind: Literal["s3", "dir"] = "dir"
+    dir: Path = Path("var/clips")
+    bucket: str | None = None
+    endpoint_url: str | None = None
+    region: str | None = None
+    prefix: str = "clips"
+
+    @model_validator(mode="after")
+    def _bucket_for_s3(self) -> "OutputSettings":
+        if self.kind == "s3" and not self.bucket:
+            raise ValueError("output.bucket is required when output.kind = 's3'")
+        if ".." in Path(self.prefix).parts or self.prefix.startswith("/"):
+            raise ValueError("output.prefix must be relative and must not contain '..'")
+        return self
+
+
+class RetrySettings(_Section):
+    max_attempts: int = Field(default=5, ge=1, le=100)
+    backoff_base: float = Field(default=2.0, gt=0)
+    backoff_max: float = Field(default=300.0, gt=0)
+
+
+class ResultsSettings(_Section):
+    ttl: int = Field(default=7 * 24 * 3600, gt=0)
+
+
+class ClipDefault(_Section):
+    name: str = "clip"
+    start: float | str = 0.0
+    duration: float | str = 10.0
+
+
+class ThumbDefault(_Section):
+    name: str = "poster"
+    at: float | str = 1.0
+    width: int = 256
+    height: int = 256
+    fit: Literal["cover", "contain"] = "cover"
+    format: Literal["jpg", "webp", "png"] = "jpg"
+
+
+class MediaSettings(_Section):
+    default_mode: Literal["copy", "accurate", "smart"] = "copy"
+    default_format: Literal["mp4", "webm", "mkv", "gif", "m4a", "mp3"] = "mp4"
+    x264_preset: str = "veryfast"
+    x264_crf: int = Field(default=20, ge=0, le=51)
+    vp9_crf: int = Field(default=32, ge=0, le=63)
+    audio_bitrate: str = "128k"
+    gif_fps: int = Field(default=10, ge=1, le=30)
+    gif_max_width: int = Field(default=480, ge=16, le=1920)
+    gif_max_duration: float = Field(default=30.0, gt=0)
+    max_clips: int = Field(default=50, ge=1)
+    max_clip_duration: float = Field(default=3 * 3600.0, gt=0)
+    max_dimension: int = Field(default=4096, ge=16)
+    stage_timeout: float = Field(default=1800.0, gt=0)
+    default_clips: tuple[ClipDefault, ...] = (ClipDefault(),)
+    default_thumbnails: tuple[ThumbDefault, ...] = (ThumbDefault(),)
+
+
+class Settings(_Section):
+    env: str = "dev"
+    redis: RedisSettings = RedisSettings()
+    daemon: DaemonSettings = DaemonSettings()
+    workers: WorkersSettings = WorkersSettings()
+    fetch: FetchSettings = FetchSettings()
+    output: OutputSettings = OutputSettings()
+    retry: RetrySettings = RetrySettings()
+    results: ResultsSettings = ResultsSettings()
+    media: MediaSettings = MediaSettings()
+
+
+def settings_dirs(cwd: Path | None = None, environ: Mapping[str, str] | None = None) -> list[Path]:
+    """Where `ENV.toml` files are looked for, first match wins."""
+    environ = os.environ if environ is None else environ
+    cwd = cwd or Path.cwd()
+    dirs: list[Path] = []
+    if environ.get(SETTINGS_DIR_ENV):
+        dirs.append(Path(environ[SETTINGS_DIR_ENV]))
+    dirs += [cwd / "settings", Path("/etc/clipper"), Path(__file__).resolve().parent.parent / "settings"]
+    unique: list[Path] = []
+    for d in dirs:
+        if d.resolve() not in [u.resolve() for u in unique]:
+            unique.append(d)
+    return unique
+
+
+def known_envs(dirs: list[Path]) -> list[str]:
+    names: set[str] = set()
+    for d in dirs:
+        if d.is_dir():
+            names.update(p.stem for p in d.glob("*.toml"))
+    return sorted(names)
+
+
+def find_settings_file(env: str, dirs: list[Path]) -> Path:
+    if not env or "/" in env or env.startswith("."):
+        raise SettingsError(f"invalid ENV name {env!r}")
+    for d in dirs:
+        candidate = d / f"{env}.toml"
+        if candidate.is_file():
+            return candidate
+    known = ", ".join(known_envs(dirs)) or "none"
+    raise SettingsError(f"unknown ENV {env!r}: no {env}.toml in {', '.join(map(str, dirs))} (known: {known})")
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """`CLIPPER_WORKERS__COUNT=4` -> {"workers": {"count": 4}}; values are JSON when they parse."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        section, _, key = name[len(ENV_PREFIX):].lower().partition("__")
+        if not section or not key:
+            continue
+        try:
+            value: Any = json.loads(raw)
+        except ValueError:
+            value = raw
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and key in _STRINGY_KEYS:
+            value = raw  # e.g. a numeric-looking bucket name or prefix stays a string
+        out.setdefault(section, {})[key] = value
+    return out
+
+
+_STRINGY_KEYS = {"url", "queue", "bucket", "prefix", "region", "endpoint_url", "x264_preset", "audio_bitrate"}
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _resolve_paths(data: dict[str, Any], cwd: Path) -> dict[str, Any]:
+    def absolute(p: Any) -> Any:
+        return str(p) if Path(str(p)).is_absolute() else str(cwd / str(p))
+
+    daemon = data.get("daemon", {})
+    for key in ("pid_file", "log_file", "work_dir"):
+        if key in daemon:
+            daemon[key] = absolute(daemon[key])
+    output = data.get("output", {})
+    if "dir" in output:
+        output["dir"] = absolute(output["dir"])
+    fetch = data.get("fetch", {})
+    if isinstance(fetch.get("allow_file_roots"), list):
+        fetch["allow_file_roots"] = [absolute(p) for p in fetch["allow_file_roots"]]
+    return data
+
+
+def _describe(err: ValidationError, source: str) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"])
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        parts.append(f"{loc}: {msg}")
+    return f"invalid settings ({source}): " + "; ".join(parts)
+
+
+def load_settings(
+    env: str,
+    *,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    environ: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Settings:
+    """File < environment < command-line `overrides`; raises SettingsError naming the key."""
+    environ = os.environ if environ is None else environ
+    cwd = (cwd or Path.cwd()).resolve()
+    path = find_settings_file(env, settings_dirs(cwd, environ))
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise SettingsError(f"cannot read {path}: {exc}") from exc
+    data = _merge(data, env_overrides(environ))
+    data = _merge(data, {k: dict(v) for k, v in (overrides or {}).items() if v})
+    data["env"] = env
+    if "daemon" not in data:
+        data["daemon"] = {}
+    # defaults for paths are relative too; make them explicit so they resolve against cwd
+    for key, default in (("pid_file", f"var/run/clipper-{env}.pid"), ("log_file", f"var/log/clipper-{env}.log"),
+                         ("work_dir", "var/work")):
+        data["daemon"].setdefault(key, default)
+    data.setdefault("output", {}).setdefault("dir", "var/clips")
+    data = _resolve_paths(data, cwd)
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc, str(path))) from None
