@@ -1,0 +1,722 @@
+"""Fetching a job's source into the job's scratch directory: the only module that knows where
+source bytes come from (http, https, s3, and file under `fetch.allow_file_roots`).
+
+Untrusted URLs and SSRF. Every connection this module makes to an http(s) source goes to an
+address it has checked itself: the host is resolved once per hop with getaddrinfo, the hop is
+refused if *any* resolved address is forbidden (`check_address`), and the socket is then opened
+to exactly those validated addresses (`_PinnedHTTPConnection`), while the Host header, TLS SNI
+and certificate verification still use the host name. Redirects are followed here, one hop at a
+time, each re-checked (scheme and addresses). Handing the URL to wget or ffmpeg instead would
+not be safe: they resolve the name again (DNS rebinding) and follow redirects unchecked.
+Environment proxy variables are ignored for the same reason: the address check must apply to
+the connection that is actually made.
+
+Any port is allowed: the address decides what a URL can reach, and media servers do run on
+odd ports. Loopback and private ranges need `fetch.allow_private`; link-local (cloud metadata),
+multicast, unspecified and reserved addresses are refused always, also when embedded in an
+IPv6 address (IPv4-mapped, 6to4, NAT64, Teredo).
+
+Limits: `fetch.timeout` is a hard deadline for the whole fetch (a watchdog shuts the socket
+down when it passes or when the job is cancelled, so a server that trickles bytes cannot hold a
+worker), `fetch.connect_timeout` bounds every single socket operation, `fetch.max_bytes` bounds
+the body (announced or streamed), `fetch.max_redirects` the hops.
+
+`s3://bucket/key` sources are read with boto3 from `fetch.s3_endpoint_url` (credentials from the
+standard AWS chain). That endpoint comes from settings, which are trusted, so it is not put
+through the address check: a deployment may well run its object store on a private address.
+
+`file://` sources are returned in place (no copy; the pipeline only reads them) when their real
+path, symlinks resolved, lies under one of `fetch.allow_file_roots`.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import ipaddress
+import os
+import re
+import socket
+import ssl
+import stat
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote, urljoin, urlsplit
+
+from clipper import __version__
+from clipper.errors import Cancelled, ClipperError, PermanentError, TransientError
+from clipper.jobs.spec import redact_url
+from clipper.settings import FetchSettings
+
+CHUNK_BYTES = 1024 * 1024
+PROGRESS_EVERY = 0.5  # seconds between progress callbacks
+WATCHDOG_POLL = 0.2  # seconds; how soon a cancel or the deadline interrupts a blocked read
+USER_AGENT = f"clipper/{__version__}"
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+EXTENSION_RE = re.compile(r"^[a-z0-9]{1,5}$")
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True)
+class FetchedSource:
+    path: Path  # local file with the whole source
+    url: str  # redacted (no credentials, no query) for logs/manifest
+    bytes: int
+    seconds: float
+    content_type: str | None
+
+
+# -- address policy (pure) -------------------------------------------------------------------------
+
+def _nets(*specs: tuple[str, str]) -> tuple[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str], ...]:
+    return tuple((ipaddress.ip_network(net), why) for net, why in specs)
+
+
+# Never reachable, whatever the settings: cloud metadata lives on link-local addresses, and
+# 0.0.0.0/8 reaches the local host on Linux.
+_ALWAYS_REFUSED = _nets(
+    ("0.0.0.0/8", "unspecified ('this network', reaches the local host)"),
+    ("169.254.0.0/16", "link-local (cloud metadata services live there)"),
+    ("224.0.0.0/4", "multicast"),
+    ("240.0.0.0/4", "reserved"),
+    ("::/128", "unspecified"),
+    ("fe80::/10", "link-local"),
+    ("ff00::/8", "multicast"),
+    ("100::/64", "reserved (discard-only)"),
+)
+# Reachable only with fetch.allow_private: the deployment's own networks and other
+# special-purpose ranges that are not globally routable.
+_PRIVATE = _nets(
+    ("127.0.0.0/8", "loopback"),
+    ("10.0.0.0/8", "private"),
+    ("172.16.0.0/12", "private"),
+    ("192.168.0.0/16", "private"),
+    ("100.64.0.0/10", "shared address space (CGNAT)"),
+    ("192.0.0.0/24", "special-purpose (IETF protocol assignments)"),
+    ("192.0.2.0/24", "documentation"),
+    ("198.51.100.0/24", "documentation"),
+    ("203.0.113.0/24", "documentation"),
+    ("198.18.0.0/15", "benchmarking"),
+    ("::1/128", "loopback"),
+    ("fc00::/7", "private (unique local)"),
+    ("fec0::/10", "private (site-local)"),
+    ("2001:db8::/32", "documentation"),
+    ("3fff::/20", "documentation"),
+    ("64:ff9b:1::/48", "private (local-use NAT64)"),
+)
+_V4_MAPPED = ipaddress.ip_network("::ffff:0:0/96")
+_V4_COMPATIBLE = ipaddress.ip_network("::/96")
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+_GLOBAL_UNICAST_V6 = ipaddress.ip_network("2000::/3")
+
+
+def _embedded_v4(ip: ipaddress.IPv6Address) -> tuple[str, ipaddress.IPv4Address] | None:
+    """The IPv4 address an IPv6 address stands for, if it has one (and the name of the form)."""
+    if ip in _V4_MAPPED:
+        return "IPv4-mapped", ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    if ip.sixtofour is not None:
+        return "6to4", ip.sixtofour
+    if any(ip in net for net in _NAT64):
+        return "NAT64", ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    if ip.teredo is not None:
+        return "Teredo", ip.teredo[1]
+    if ip in _V4_COMPATIBLE and int(ip) > 1:
+        return "IPv4-compatible", ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
+def check_address(ip: IPAddress, allow_private: bool) -> str | None:
+    """Why a source may not be fetched from `ip`, or None when it may (pure)."""
+    if ip.version == 6:
+        ip = ipaddress.IPv6Address(int(ip))  # fe80::1%eth0: judge the address, not its zone
+        embedded = _embedded_v4(ip)
+        if embedded is not None:
+            form, v4 = embedded
+            reason = check_address(v4, allow_private)
+            if reason is not None:
+                return f"{ip} is the {form} form of {v4}, which is refused: {reason}"
+            if form == "IPv4-compatible":
+                return f"{ip} is a deprecated IPv4-compatible address (reserved)"
+            if ip not in _NAT64[1]:  # local-use NAT64 is also judged as a private range below
+                return None
+    elif ip == ipaddress.IPv4Address("255.255.255.255"):
+        return f"{ip} is the broadcast address"
+    for net, why in _ALWAYS_REFUSED:
+        if ip.version == net.version and ip in net:
+            return f"{ip} is {why}"
+    for net, why in _PRIVATE:
+        if ip.version == net.version and ip in net:
+            return None if allow_private else f"{ip} is {why}; allowed only with fetch.allow_private"
+    if ip.version == 6 and ip not in _GLOBAL_UNICAST_V6:
+        return f"{ip} is reserved (outside global unicast 2000::/3)"
+    return None
+
+
+# -- URLs, names and statuses (pure) ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class HttpTarget:
+    """One http(s) hop: where to connect and what to ask for."""
+
+    scheme: str
+    host: str  # ASCII (IDNA) host name or IP literal, without brackets
+    port: int
+    target: str  # request target: path and query, percent-encoded
+    authorization: str | None  # "Basic ..." from the URL's userinfo
+    url: str  # the URL itself, for joining relative redirects
+
+    @property
+    def origin(self) -> tuple[str, str, int]:
+        return self.scheme, self.host.lower(), self.port
+
+
+def redacted(url: str) -> str:
+    """`spec.redact_url`, also for URLs it cannot take apart (a port out of range)."""
+    try:
+        return redact_url(url)
+    except ValueError:
+        pass
+    try:
+        parts = urlsplit(url)
+        return f"{parts.scheme}://{parts.hostname or ''}{parts.path}" + ("?…" if parts.query else "")
+    except ValueError:
+        return "(unparseable URL)"
+
+
+def parse_http_url(url: str) -> HttpTarget:
+    """An http(s) URL -> HttpTarget, or PermanentError naming what is wrong (without secrets)."""
+    where = redacted(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise PermanentError(f"source {where}: invalid URL ({exc})") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise PermanentError(f"source {where}: scheme {scheme or '(none)'!r} is not http or https")
+    if not parts.hostname:
+        raise PermanentError(f"source {where}: URL has no host")
+    if port == 0:
+        raise PermanentError(f"source {where}: port 0")
+    if any(ord(ch) < 0x20 or ch == "\x7f" for ch in url):  # spaces (from a Location) get quoted below
+        raise PermanentError(f"source {where}: URL contains whitespace or control characters")
+    try:
+        host = parts.hostname if _is_ip_literal(parts.hostname) else parts.hostname.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise PermanentError(f"source {where}: host name is not valid IDNA") from None
+    target = quote(parts.path or "/", safe="/%:@!$&'()*+,;=-._~")
+    if parts.query:
+        target += "?" + quote(parts.query, safe="/%:@!$&'()*+,;=-._~?")
+    authorization = None
+    if parts.username is not None or parts.password is not None:
+        creds = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
+        authorization = "Basic " + base64.b64encode(creds.encode("utf-8")).decode("ascii")
+    if port is None:
+        port = 443 if scheme == "https" else 80
+    return HttpTarget(scheme, host, port, target, authorization, url)
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def source_filename(url_path: str) -> str:
+    """`source` plus the URL path's extension when it is a safe one ([a-z0-9]{1,5}), else `source`."""
+    last = url_path.rsplit("/", 1)[-1]
+    if "." not in last:
+        return "source"
+    ext = last.rsplit(".", 1)[1].lower()
+    return f"source.{ext}" if EXTENSION_RE.match(ext) else "source"
+
+
+def status_error(status: int, where: str) -> ClipperError | None:
+    """None for 2xx; otherwise the error a response status means (redirects are followed before)."""
+    if 200 <= status < 300:
+        return None
+    try:
+        text = f"source {where}: HTTP {status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        text = f"source {where}: HTTP {status}"
+    if status in (408, 429) or 500 <= status < 600:
+        return TransientError(text)
+    if 400 <= status < 500:
+        return PermanentError(text)
+    return PermanentError(text + " (unexpected status)")
+
+
+def dns_error(exc: socket.gaierror, host: str) -> ClipperError:
+    """A failed lookup: a name that does not exist is permanent, anything else may heal."""
+    if exc.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)):
+        return PermanentError(f"source host {host!r} does not resolve (no such name)")
+    return TransientError(f"source host {host!r}: DNS lookup failed ({exc.strerror or exc})")
+
+
+# -- deadline, cancellation, watchdog --------------------------------------------------------------
+
+class _Deadline:
+    def __init__(self, settings: FetchSettings, cancelled: threading.Event | None, where: str):
+        self.seconds = settings.timeout
+        self.per_op = settings.connect_timeout
+        self.end = time.monotonic() + settings.timeout
+        self.cancelled = cancelled
+        self.where = where
+
+    def remaining(self) -> float:
+        return self.end - time.monotonic()
+
+    def interrupted(self) -> bool:
+        return (self.cancelled is not None and self.cancelled.is_set()) or self.remaining() <= 0
+
+    def check(self) -> None:
+        """Raise Cancelled or the overall timeout, if either has happened."""
+        if self.cancelled is not None and self.cancelled.is_set():
+            raise Cancelled(f"fetch of {self.where} cancelled")
+        if self.remaining() <= 0:
+            raise TransientError(f"source {self.where}: timed out after {self.seconds:g} s (fetch.timeout)")
+
+    def op_timeout(self) -> float:
+        """Timeout of one socket operation: fetch.connect_timeout, but never past the deadline."""
+        return max(0.01, min(self.per_op, self.remaining()))
+
+
+class _Watchdog:
+    """Shuts the current socket down when the job is cancelled or the deadline passes, so that a
+    blocked read ends at once instead of after fetch.connect_timeout (or never, for a server that
+    trickles its headers a byte at a time)."""
+
+    def __init__(self, deadline: _Deadline):
+        self._deadline = deadline
+        self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fetch-watchdog", daemon=True)
+
+    def __enter__(self) -> _Watchdog:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def watch(self, sock: socket.socket | None) -> None:
+        with self._lock:
+            self._sock = sock
+
+    def _run(self) -> None:
+        while not self._done.wait(WATCHDOG_POLL):
+            if self._deadline.interrupted():
+                with self._lock:
+                    if self._sock is not None:
+                        try:  # the plain syscall, also under an SSLSocket (whose shutdown unwraps TLS)
+                            socket.socket.shutdown(self._sock, socket.SHUT_RDWR)
+                        except OSError:
+                            pass
+                return
+
+
+# -- http(s) -----------------------------------------------------------------------------------
+
+AddrInfo = tuple[Any, ...]  # one getaddrinfo entry: (family, type, proto, canonname, sockaddr)
+
+
+def make_tls_context() -> ssl.SSLContext:
+    """Certificate and host name verification against the system CAs (tests replace this)."""
+    return ssl.create_default_context()
+
+
+def _connect_pinned(addresses: list[AddrInfo], timeout: float) -> socket.socket:
+    """A TCP connection to the first of the validated addresses that answers; never resolves."""
+    last: OSError | None = None
+    for family, type_, proto, _, sockaddr in addresses:
+        sock = socket.socket(family, type_, proto)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(sockaddr)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return sock
+        except OSError as exc:
+            sock.close()
+            last = exc
+    raise last or OSError("no address to connect to")
+
+
+class _PinnedHTTPConnection(http.client.HTTPConnection):
+    """HTTP to an address already validated; the Host header still names the host."""
+
+    def __init__(self, host: str, port: int, addresses: list[AddrInfo], timeout: float):
+        super().__init__(host, port, timeout=timeout)
+        self._addresses = addresses
+
+    def connect(self) -> None:
+        self.sock = _connect_pinned(self._addresses, self.timeout)
+
+
+class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+    """HTTPS to an address already validated; SNI and certificate checks use the host name."""
+
+    def __init__(self, host: str, port: int, addresses: list[AddrInfo], timeout: float, context: ssl.SSLContext):
+        super().__init__(host, port, timeout=timeout, context=context)
+        self._addresses = addresses
+        self._tls = context
+
+    def connect(self) -> None:
+        sock = _connect_pinned(self._addresses, self.timeout)
+        try:
+            self.sock = self._tls.wrap_socket(sock, server_hostname=self.host)
+        except BaseException:
+            sock.close()
+            raise
+
+
+def _resolve(hop: HttpTarget, deadline: _Deadline) -> list[AddrInfo]:
+    """getaddrinfo in a helper thread, so that a hung resolver cannot outlast the deadline or
+    delay a cancel (the thread is abandoned and ends on its own)."""
+    result: list[Any] = []
+
+    def lookup() -> None:
+        try:
+            result.append(socket.getaddrinfo(hop.host, hop.port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP))
+        except BaseException as exc:  # handed to the caller
+            result.append(exc)
+
+    thread = threading.Thread(target=lookup, name="fetch-dns", daemon=True)
+    thread.start()
+    give_up = time.monotonic() + deadline.op_timeout()
+    while thread.is_alive() and time.monotonic() < give_up:
+        deadline.check()
+        thread.join(min(WATCHDOG_POLL, max(0.0, give_up - time.monotonic())))
+    deadline.check()
+    if not result:
+        raise TransientError(f"source host {hop.host!r}: DNS lookup took more than {deadline.op_timeout():g} s")
+    if isinstance(result[0], socket.gaierror):
+        raise dns_error(result[0], hop.host)
+    if isinstance(result[0], BaseException):
+        raise TransientError(f"source host {hop.host!r}: DNS lookup failed ({result[0]})")
+    return result[0]
+
+
+def _validated_addresses(hop: HttpTarget, infos: list[AddrInfo], allow_private: bool) -> list[AddrInfo]:
+    usable = []
+    for info in infos:
+        family, sockaddr = info[0], info[4]
+        if family not in (socket.AF_INET, socket.AF_INET6):
+            continue
+        try:
+            ip = ipaddress.ip_address(sockaddr[0])
+        except ValueError:
+            raise PermanentError(f"source host {hop.host!r} resolves to {sockaddr[0]!r}, not an IP address") from None
+        reason = check_address(ip, allow_private)
+        if reason is not None:
+            raise PermanentError(f"source host {hop.host!r} resolves to {ip}, which is refused: {reason}")
+        usable.append(info)
+    if not usable:
+        raise PermanentError(f"source host {hop.host!r} has no IPv4 or IPv6 address")
+    return usable
+
+
+def _network_error(exc: BaseException, deadline: _Deadline, where: str) -> ClipperError:
+    """Classify a failure while talking to a source; the deadline and a cancel explain it first."""
+    deadline.check()
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return PermanentError(f"source {where}: TLS certificate not accepted ({exc.verify_message or exc.reason})")
+    if isinstance(exc, (http.client.IncompleteRead, http.client.RemoteDisconnected)):
+        return TransientError(f"source {where}: connection closed early ({type(exc).__name__})")
+    if isinstance(exc, http.client.HTTPException):
+        return PermanentError(f"source {where}: not a valid HTTP response ({type(exc).__name__})")
+    if isinstance(exc, ssl.SSLError):
+        return TransientError(f"source {where}: TLS error ({exc.reason or type(exc).__name__})")
+    if isinstance(exc, TimeoutError):
+        return TransientError(f"source {where}: no response for {deadline.per_op:g} s (fetch.connect_timeout)")
+    if isinstance(exc, OSError):
+        return TransientError(f"source {where}: {exc.strerror or type(exc).__name__}")
+    return TransientError(f"source {where}: {type(exc).__name__}")
+
+
+def _same_origin(a: HttpTarget, b: HttpTarget) -> bool:
+    return a.origin == b.origin
+
+
+def _fetch_http(url: str, dest_dir: Path, settings: FetchSettings, deadline: _Deadline,
+                progress: Callable[[int], None] | None) -> tuple[Path, int, str | None]:
+    hop = parse_http_url(url)
+    tls: ssl.SSLContext | None = None
+    with _Watchdog(deadline) as watchdog:
+        for redirects in range(settings.max_redirects + 1):
+            where = redacted(hop.url)
+            deadline.check()
+            addresses = _validated_addresses(hop, _resolve(hop, deadline), settings.allow_private)
+            if hop.scheme == "https":
+                tls = tls or make_tls_context()
+                conn: http.client.HTTPConnection = _PinnedHTTPSConnection(hop.host, hop.port, addresses,
+                                                                          deadline.op_timeout(), tls)
+            else:
+                conn = _PinnedHTTPConnection(hop.host, hop.port, addresses, deadline.op_timeout())
+            try:
+                try:
+                    conn.connect()
+                    # kept apart from conn.sock, which http.client drops once a response that
+                    # closes the connection owns the socket
+                    sock = conn.sock
+                    watchdog.watch(sock)
+                    deadline.check()
+                    conn.putrequest("GET", hop.target, skip_accept_encoding=True)
+                    conn.putheader("User-Agent", USER_AGENT)
+                    conn.putheader("Accept-Encoding", "identity")
+                    conn.putheader("Accept", "*/*")
+                    if hop.authorization:
+                        conn.putheader("Authorization", hop.authorization)
+                    conn.endheaders()
+                    response = conn.getresponse()
+                except ClipperError:
+                    raise
+                except Exception as exc:
+                    raise _network_error(exc, deadline, where) from None
+                if response.status in REDIRECT_STATUSES:
+                    hop = _next_hop(hop, response.getheader("Location"), where, redirects, settings.max_redirects)
+                    continue
+                error = status_error(response.status, where)
+                if error is not None:
+                    raise error
+                return _stream_body(response, sock, hop, dest_dir, settings, deadline, progress)
+            finally:
+                watchdog.watch(None)
+                conn.close()
+    raise AssertionError("unreachable: the redirect loop returns or raises")
+
+
+def _next_hop(hop: HttpTarget, location: str | None, where: str, redirects: int, max_redirects: int) -> HttpTarget:
+    if not location:
+        raise PermanentError(f"source {where}: redirect without a Location header")
+    if redirects >= max_redirects:
+        raise PermanentError(f"source {where}: more than {max_redirects} redirects (fetch.max_redirects)")
+    try:
+        next_url = urljoin(hop.url, location.strip())
+        scheme = urlsplit(next_url).scheme.lower()
+    except ValueError:
+        raise PermanentError(f"source {where}: redirect to an invalid URL") from None
+    if scheme not in ("http", "https"):
+        raise PermanentError(f"source {where}: redirect to a {scheme[:20] or 'scheme-less'}: URL refused "
+                             "(only http and https)")
+    nxt = parse_http_url(next_url)
+    # Credentials go only where they were given: kept for the same origin, dropped elsewhere.
+    if nxt.authorization is None and hop.authorization is not None and _same_origin(hop, nxt):
+        nxt = HttpTarget(nxt.scheme, nxt.host, nxt.port, nxt.target, hop.authorization, nxt.url)
+    return nxt
+
+
+def _stream_body(response: http.client.HTTPResponse, sock: socket.socket, hop: HttpTarget,
+                 dest_dir: Path, settings: FetchSettings, deadline: _Deadline,
+                 progress: Callable[[int], None] | None) -> tuple[Path, int, str | None]:
+    where = redacted(hop.url)
+    encoding = (response.getheader("Content-Encoding") or "identity").strip().lower()
+    if encoding != "identity":
+        raise PermanentError(f"source {where}: server sent Content-Encoding {encoding[:40]!r} despite "
+                             "Accept-Encoding: identity")
+    expected = None if response.chunked else response.length
+    if expected is not None and expected > settings.max_bytes:
+        raise PermanentError(f"source {where}: Content-Length {expected} exceeds fetch.max_bytes {settings.max_bytes}")
+    content_type = (response.getheader("Content-Type") or "").strip()[:200] or None
+    path = dest_dir / source_filename(urlsplit(hop.url).path)
+    received = 0
+    last_progress = time.monotonic()
+    try:
+        with open(path, "wb") as out:
+            while True:
+                deadline.check()
+                try:
+                    sock.settimeout(deadline.op_timeout())
+                    chunk = response.read1(CHUNK_BYTES)
+                except Exception as exc:
+                    raise _network_error(exc, deadline, where) from None
+                if not chunk:
+                    break
+                received += len(chunk)
+                if received > settings.max_bytes:
+                    raise PermanentError(f"source {where}: body exceeds fetch.max_bytes {settings.max_bytes}")
+                out.write(chunk)
+                if progress is not None and time.monotonic() - last_progress >= PROGRESS_EVERY:
+                    progress(received)
+                    last_progress = time.monotonic()
+        deadline.check()  # an empty read may be the watchdog's doing
+        if expected is not None and received < expected:
+            raise TransientError(f"source {where}: truncated body, got {received} of {expected} bytes")
+    except OSError as exc:  # network errors were classified above; this is the local disk
+        path.unlink(missing_ok=True)
+        raise TransientError(f"source {where}: cannot write {path} ({exc.strerror or type(exc).__name__})") from None
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    if progress is not None:
+        progress(received)
+    return path, received, content_type
+
+
+# -- file:// -----------------------------------------------------------------------------------
+
+def _fetch_file(url: str, settings: FetchSettings) -> tuple[Path, int]:
+    where = redacted(url)
+    parts = urlsplit(url)
+    if parts.netloc not in ("", "localhost"):
+        raise PermanentError(f"source {where}: file:// URLs must name a local path (no host)")
+    try:
+        real = os.path.realpath(unquote(parts.path))
+        roots = [os.path.realpath(root) for root in settings.allow_file_roots]
+    except (ValueError, OSError):
+        raise PermanentError(f"source {where}: invalid file path") from None
+    # Checked before existence, so the refusal says nothing about files outside the roots.
+    inside = any(real != root and os.path.commonpath([real, root]) == root for root in roots)
+    if not parts.path.startswith("/") or not inside:
+        raise PermanentError("file:// sources are allowed only under fetch.allow_file_roots")
+    try:
+        st = os.stat(real)
+    except FileNotFoundError:
+        raise PermanentError(f"source {where}: no such file") from None
+    except OSError as exc:
+        raise PermanentError(f"source {where}: cannot read ({exc.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise PermanentError(f"source {where}: not a regular file")
+    if not os.access(real, os.R_OK):
+        raise PermanentError(f"source {where}: not readable by the daemon")
+    if st.st_size > settings.max_bytes:
+        raise PermanentError(f"source {where}: {st.st_size} bytes exceeds fetch.max_bytes {settings.max_bytes}")
+    return Path(real), st.st_size
+
+
+# -- s3:// -------------------------------------------------------------------------------------
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """`s3://bucket/key` -> (bucket, key); the key is taken verbatim (no unquoting; `?` and `#`
+    are part of it), as the AWS CLI does."""
+    rest = url.split("://", 1)[1] if "://" in url else ""
+    bucket, _, key = rest.partition("/")
+    if not bucket or not key:
+        raise PermanentError(f"source {redacted(url)}: expected s3://bucket/key")
+    return bucket, key
+
+
+def s3_error(exc: BaseException, where: str) -> ClipperError:
+    """Classify a boto3/botocore failure: missing or forbidden objects are permanent; the
+    endpoint being unreachable, slow or failing (5xx, throttling) is transient."""
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, ParamValidationError
+
+    if isinstance(exc, ClipperError):
+        return exc
+    if isinstance(exc, ClientError):
+        err = exc.response.get("Error", {}) or {}
+        code = str(err.get("Code", ""))
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        if not status and code.isdigit():
+            status = int(code)
+        text = f"source {where}: S3 {code or 'error'}" + (f" (HTTP {status})" if status else "")
+        if code in ("SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError",
+                    "ServiceUnavailable", "RequestTimeTooSkewed") or status in (408, 429) or status >= 500:
+            return TransientError(text)
+        if code in ("NoSuchKey", "NoSuchBucket", "AccessDenied", "InvalidObjectState", "InvalidBucketName") \
+                or 300 <= status < 500:
+            return PermanentError(text)
+        return TransientError(text)
+    if isinstance(exc, NoCredentialsError):
+        # the daemon's environment, not the message, is wrong; an operator can fix it in time
+        return TransientError(f"source {where}: no AWS credentials for s3:// sources (standard AWS chain)")
+    if isinstance(exc, ParamValidationError):
+        return PermanentError(f"source {where}: invalid S3 bucket or key")
+    last = getattr(exc, "last_exception", None)  # boto3's RetriesExceededError
+    if last is not None and last is not exc:
+        return s3_error(last, where)
+    if isinstance(exc, (BotoCoreError, OSError)):
+        return TransientError(f"source {where}: S3 endpoint unavailable ({type(exc).__name__})")
+    return TransientError(f"source {where}: S3 download failed ({type(exc).__name__})")
+
+
+def _fetch_s3(url: str, dest_dir: Path, settings: FetchSettings, deadline: _Deadline,
+              progress: Callable[[int], None] | None) -> tuple[Path, int, str | None]:
+    import boto3
+    from botocore.config import Config
+
+    where = redacted(url)
+    bucket, key = parse_s3_url(url)
+    path = dest_dir / source_filename(key)
+    received = 0
+    last_progress = time.monotonic()
+    lock = threading.Lock()
+
+    def on_bytes(n: int) -> None:  # s3transfer calls this from its threads; raising aborts the transfer
+        nonlocal received, last_progress
+        with lock:
+            received += n
+            so_far = received
+            report = time.monotonic() - last_progress >= PROGRESS_EVERY
+            if report:
+                last_progress = time.monotonic()
+        deadline.check()
+        if so_far > settings.max_bytes:
+            raise PermanentError(f"source {where}: body exceeds fetch.max_bytes {settings.max_bytes}")
+        if progress is not None and report:
+            progress(so_far)
+
+    try:
+        client = boto3.client("s3", endpoint_url=settings.s3_endpoint_url, region_name=settings.s3_region,
+                              config=Config(connect_timeout=settings.connect_timeout,
+                                            read_timeout=settings.connect_timeout, retries={"max_attempts": 2}))
+        head = client.head_object(Bucket=bucket, Key=key)
+        size = int(head.get("ContentLength") or 0)
+        if size > settings.max_bytes:
+            raise PermanentError(f"source {where}: object is {size} bytes, exceeds fetch.max_bytes {settings.max_bytes}")
+        deadline.check()
+        client.download_file(bucket, key, str(path), Callback=on_bytes)
+        deadline.check()
+    except Cancelled:
+        path.unlink(missing_ok=True)
+        raise
+    except BaseException as exc:
+        path.unlink(missing_ok=True)
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise
+        raise s3_error(exc, where) from None
+    got = path.stat().st_size
+    if progress is not None:
+        progress(got)
+    content_type = head.get("ContentType")
+    return path, got, str(content_type)[:200] if content_type else None
+
+
+# -- entry point -------------------------------------------------------------------------------
+
+def fetch_source(url: str, dest_dir: Path, settings: FetchSettings, *, cancelled: threading.Event | None = None,
+                 progress: Callable[[int], None] | None = None) -> FetchedSource:
+    """The whole source as a local file (in `dest_dir`, or in place for an allowed file://).
+
+    Raises PermanentError (forbidden or invalid URL, 4xx, too large, too many redirects),
+    TransientError (network, 5xx, 408/429, timeouts, truncated body) or Cancelled.
+    """
+    started = time.monotonic()
+    where = redacted(url)
+    try:
+        scheme = urlsplit(url).scheme.lower()
+    except ValueError:
+        raise PermanentError(f"source {where}: invalid URL") from None
+    deadline = _Deadline(settings, cancelled, where)
+    deadline.check()
+    content_type: str | None
+    if scheme in ("http", "https"):
+        path, size, content_type = _fetch_http(url, Path(dest_dir), settings, deadline, progress)
+    elif scheme == "file":
+        (path, size), content_type = _fetch_file(url, settings), None
+    elif scheme == "s3":
+        path, size, content_type = _fetch_s3(url, Path(dest_dir), settings, deadline, progress)
+    else:
+        raise PermanentError(f"source {where[:100]}: scheme {scheme[:20] or '(none)'!r} is not allowed (http, https, s3, "
+                             "or file under fetch.allow_file_roots)")
+    return FetchedSource(path=path, url=where, bytes=size, seconds=round(time.monotonic() - started, 3),
+                         content_type=content_type)

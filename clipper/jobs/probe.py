@@ -1,0 +1,177 @@
+"""ffprobe: what a media file holds (`MediaInfo`), and where its keyframes are.
+
+Parsing ffprobe's JSON is pure (`media_info_from_json`); the functions that run ffprobe are
+thin. Sources are always local files here (fetch downloaded them), so ffprobe gets the
+`file`-only protocol whitelist and the demuxer whitelist: a playlist can open nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from clipper.errors import PermanentError
+from clipper.jobs.command import SOURCE_FORMAT_WHITELIST, JobControl, local_input_options, run_command
+
+PROBE_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class VideoStream:
+    index: int
+    codec: str
+    profile: str | None
+    level: int | None
+    pix_fmt: str | None
+    width: int
+    height: int
+    fps: Fraction | None
+    time_base: Fraction | None
+    has_b_frames: int
+    field_order: str | None
+    frames: int | None
+    rotation: int = 0  # display rotation in degrees (0, 90, 180, 270); re-encoding applies it
+
+
+@dataclass(frozen=True)
+class AudioStream:
+    index: int
+    codec: str
+    profile: str | None
+    sample_rate: int | None
+    channels: int | None
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    format_name: str
+    duration: float
+    size: int | None
+    video: VideoStream | None
+    audio: AudioStream | None
+    video_streams: int
+    audio_streams: int
+
+    @property
+    def codecs(self) -> list[str]:
+        return [s.codec for s in (self.video, self.audio) if s is not None]
+
+
+def _fraction(text: Any) -> Fraction | None:
+    try:
+        value = Fraction(str(text))
+    except (ValueError, ZeroDivisionError):
+        return None
+    return value if value > 0 else None
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _float(value: Any) -> float | None:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _rotation(stream: dict[str, Any]) -> int:
+    """Display rotation from the display-matrix side data (or the old `rotate` tag), 0..270."""
+    for side in stream.get("side_data_list") or []:
+        if "rotation" in side:
+            return int(round(_float(side["rotation"]) or 0)) % 360
+    return int(round(_float((stream.get("tags") or {}).get("rotate")) or 0)) % 360
+
+
+def media_info_from_json(data: dict[str, Any]) -> MediaInfo:
+    """ffprobe `-show_format -show_streams -of json` -> MediaInfo (pure)."""
+    fmt = data.get("format") or {}
+    streams = data.get("streams") or []
+    videos = [s for s in streams if s.get("codec_type") == "video"
+              and not (s.get("disposition") or {}).get("attached_pic")]
+    audios = [s for s in streams if s.get("codec_type") == "audio"]
+    video = audio = None
+    if videos:
+        v = videos[0]
+        video = VideoStream(
+            index=int(v.get("index", 0)), codec=str(v.get("codec_name", "unknown")), profile=v.get("profile"),
+            level=_int(v.get("level")), pix_fmt=v.get("pix_fmt"), width=_int(v.get("width")) or 0,
+            height=_int(v.get("height")) or 0, fps=_fraction(v.get("avg_frame_rate")) or _fraction(v.get("r_frame_rate")),
+            time_base=_fraction(v.get("time_base")), has_b_frames=_int(v.get("has_b_frames")) or 0,
+            field_order=v.get("field_order"), frames=_int(v.get("nb_frames")), rotation=_rotation(v),
+        )
+    if audios:
+        a = audios[0]
+        audio = AudioStream(index=int(a.get("index", 0)), codec=str(a.get("codec_name", "unknown")),
+                            profile=a.get("profile"), sample_rate=_int(a.get("sample_rate")), channels=_int(a.get("channels")))
+    durations = [_float(fmt.get("duration"))] + [_float(s.get("duration")) for s in videos[:1] + audios[:1]]
+    duration = next((d for d in durations if d), 0.0)
+    return MediaInfo(format_name=str(fmt.get("format_name", "unknown")), duration=duration, size=_int(fmt.get("size")),
+                     video=video, audio=audio, video_streams=len(videos), audio_streams=len(audios))
+
+
+def probe_media(path: Path, *, control: JobControl | None = None, what: str = "probe",
+                format_whitelist: str = SOURCE_FORMAT_WHITELIST) -> MediaInfo:
+    """Run ffprobe on a local file. Not a media file (or no audio/video stream, or no
+    duration) is a permanent error: retrying a download will not make it a video.
+    `format_whitelist` is widened only to read back our own outputs (e.g. gif)."""
+    result = run_command(
+        ["ffprobe", "-v", "error", *local_input_options(format_whitelist), "-show_format", "-show_streams", "-of", "json",
+         str(path)],
+        what=what, timeout=PROBE_TIMEOUT, control=control, capture_stdout=True, check=False,
+    )
+    if result.returncode != 0:
+        reason = result.stderr_tail.splitlines()[-1] if result.stderr_tail else f"ffprobe exit {result.returncode}"
+        raise PermanentError(f"{what}: not a media file we accept ({reason})")
+    try:
+        info = media_info_from_json(json.loads(result.stdout or b"{}"))
+    except ValueError as exc:
+        raise PermanentError(f"{what}: ffprobe output unreadable: {exc}") from None
+    if info.video is None and info.audio is None:
+        raise PermanentError(f"{what}: no audio or video stream in the file (format {info.format_name})")
+    if info.duration <= 0:
+        raise PermanentError(f"{what}: media has no duration (format {info.format_name})")
+    return info
+
+
+@dataclass(frozen=True)
+class Packet:
+    pts: float
+    keyframe: bool
+
+
+def packets_from_csv(text: str) -> list[Packet]:
+    """`-show_entries packet=pts_time,flags -of csv=p=0` lines -> packets sorted by pts (pure)."""
+    packets = []
+    for line in text.splitlines():
+        parts = line.strip().split(",")
+        if len(parts) < 2:
+            continue
+        pts = _float(parts[0])
+        if pts is None:
+            continue
+        packets.append(Packet(pts, "K" in parts[1]))
+    packets.sort(key=lambda p: p.pts)
+    return packets
+
+
+def video_packets(path: Path, start: float, end: float, *, control: JobControl | None = None) -> list[Packet]:
+    """Video packets (pts, keyframe flag) between `start` and `end`, from the packet index
+    only: `-read_intervals` seeks, so this costs ~0.1 s however long the file is (decoding
+    with `-skip_frame nokey` over the whole file costs ~1 s)."""
+    lo = max(0.0, start)
+    result = run_command(
+        ["ffprobe", "-v", "error", *local_input_options(), "-select_streams", "v:0",
+         "-read_intervals", f"{lo:.6f}%{end:.6f}", "-show_entries", "packet=pts_time,flags", "-of", "csv=p=0", str(path)],
+        what="keyframe index", timeout=PROBE_TIMEOUT, control=control, capture_stdout=True,
+    )
+    return packets_from_csv(result.stdout.decode("ascii", "replace"))

@@ -1,0 +1,138 @@
+"""The thumbnail stage: one ThumbSpec -> one verified still image (jpg, webp or png).
+
+Sizing (`thumb_size`, pure):
+- `width` and `height` with fit `cover`: scaled to cover the box, then the centre cropped to
+  exactly width x height;
+- with fit `contain`: scaled to fit inside the box keeping the aspect ratio, *no padding*: the
+  image is as large as the box allows and its real size is reported (letterboxing is the
+  client's business, and a padded image would bake a background colour into it);
+- only one of them: the other follows the aspect ratio; neither: the source's size.
+A thumbnail is made at the size asked for, enlarging a smaller source if need be.
+
+`at` at or past the end of the media, or a source without video, is a PermanentError:
+never a black frame. When `at` falls after the last video frame but before the end of the
+media (audio a little longer than video), the last frame, the one on screen at `at`, is used.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from clipper.errors import PermanentError
+from clipper.jobs.clip import BOUNDARY_SLACK, display_size, ffmpeg_argv, seconds_arg, seek_input
+from clipper.jobs.command import JobControl, run_ffmpeg
+from clipper.jobs.probe import MediaInfo
+from clipper.jobs.spec import ThumbSpec
+from clipper.jobs.verify import verify_image
+
+EXTENSIONS = {"jpg": "jpg", "webp": "webp", "png": "png"}
+CODECS = {"jpg": "mjpeg", "webp": "webp", "png": "png"}
+LAST_FRAME_WINDOW = 2.0  # seconds before `at` searched for the last frame when none follows `at`
+
+
+@dataclass(frozen=True)
+class ThumbResult:
+    path: Path
+    width: int
+    height: int
+    format: str
+
+
+@dataclass(frozen=True)
+class ThumbGeometry:
+    scale_w: int
+    scale_h: int
+    width: int  # final size (after the crop, for cover)
+    height: int
+
+    @property
+    def cropped(self) -> bool:
+        return (self.scale_w, self.scale_h) != (self.width, self.height)
+
+
+def thumb_size(src_w: int, src_h: int, width: int | None, height: int | None, fit: str) -> ThumbGeometry:
+    """Scale size and final size of a thumbnail (see module doc)."""
+    if width and height:
+        if fit == "cover":
+            scale = max(width / src_w, height / src_h)
+            sw, sh = max(width, round(src_w * scale)), max(height, round(src_h * scale))
+            return ThumbGeometry(sw, sh, width, height)
+        scale = min(width / src_w, height / src_h)
+        sw, sh = min(width, max(1, round(src_w * scale))), min(height, max(1, round(src_h * scale)))
+        return ThumbGeometry(sw, sh, sw, sh)
+    if width:
+        sh = max(1, round(src_h * width / src_w))
+        return ThumbGeometry(width, sh, width, sh)
+    if height:
+        sw = max(1, round(src_w * height / src_h))
+        return ThumbGeometry(sw, height, sw, height)
+    return ThumbGeometry(src_w, src_h, src_w, src_h)
+
+
+def jpeg_qscale(quality: int) -> int:
+    """Quality 1..100 (100 best) -> mjpeg -q:v 31..2 (2 best)."""
+    return round(31 - (min(max(quality, 1), 100) - 1) * 29 / 99)
+
+
+def encoder_options(fmt: str, quality: int) -> dict[str, object]:
+    if fmt == "jpg":
+        return {"c:v": "mjpeg", "q:v": jpeg_qscale(quality)}
+    if fmt == "webp":
+        return {"c:v": "libwebp", "quality": quality}
+    return {"c:v": "png"}
+
+
+def build_thumbnail_command(src: Path, source: MediaInfo, thumb: ThumbSpec, out: Path, *,
+                            last_frame: bool = False) -> list[str]:
+    """One frame at `thumb.at` (input-side seek, decoded exactly to `at`). With `last_frame`
+    the seek goes LAST_FRAME_WINDOW earlier and every frame overwrites the image
+    (`-update 1`), leaving the last frame before the end of the video."""
+    assert source.video is not None
+    w, h = display_size(source.video)
+    geo = thumb_size(w, h, thumb.width, thumb.height, thumb.fit)
+    at = max(0.0, thumb.at - BOUNDARY_SLACK)  # the frame at `at` even if `at` was rounded
+    start = max(0.0, at - LAST_FRAME_WINDOW) if last_frame else at
+    inp = seek_input(src, start)
+    video = inp[str(source.video.index)]
+    if (geo.scale_w, geo.scale_h) != (w, h):
+        video = video.filter("scale", geo.scale_w, geo.scale_h, flags="lanczos")
+    if geo.cropped:
+        video = video.filter("crop", geo.width, geo.height)  # centred by default
+    opts: dict[str, object] = {"format": "image2", "update": 1, **encoder_options(thumb.format, thumb.quality)}
+    if last_frame:
+        opts["t"] = seconds_arg(at - start + LAST_FRAME_WINDOW)
+    else:
+        opts["frames:v"] = 1
+    return ffmpeg_argv(video, out=out, **opts)
+
+
+def make_thumbnail(src: Path, source: MediaInfo, thumb: ThumbSpec, out_dir: Path, *,
+                   control: JobControl, timeout: float) -> ThumbResult:
+    label = f"thumbnail ({thumb.name})"
+    if source.video is None:
+        raise PermanentError(f"{label}: the source has no video")
+    if thumb.at >= source.duration:
+        raise PermanentError(f"{label}: at {thumb.at:g} s is past the end of the media ({source.duration:.3f} s)")
+    ext = EXTENSIONS[thumb.format]
+    final = out_dir / f"{thumb.name}.{ext}"
+    tmp = out_dir / f".{thumb.name}.part.{ext}"
+    w, h = display_size(source.video)
+    geo = thumb_size(w, h, thumb.width, thumb.height, thumb.fit)
+    try:
+        try:
+            run_ffmpeg(build_thumbnail_command(src, source, thumb, tmp), what=label, timeout=timeout, control=control)
+        except PermanentError as exc:
+            if "Empty output" not in str(exc):
+                raise
+            # no video frame at or after `at` (-abort_on empty_output): take the last one before it
+            run_ffmpeg(build_thumbnail_command(src, source, thumb, tmp, last_frame=True), what=label,
+                       timeout=timeout, control=control)
+        verify_image(tmp, width=geo.width, height=geo.height, codec=CODECS[thumb.format], control=control, what=label)
+        os.replace(tmp, final)
+        return ThumbResult(final, geo.width, geo.height, thumb.format)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+

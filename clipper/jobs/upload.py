@@ -1,0 +1,100 @@
+"""Upload stage: put finished files at their keys, in a directory or an S3 bucket.
+
+Keys are a pure function of the message, so a redelivered job overwrites the same objects;
+a directory upload is a write to a temporary name and an atomic rename, so a reader never
+sees half a file. S3 credentials come from the standard AWS chain, never from settings.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Protocol
+
+from clipper.errors import PermanentError, TransientError
+from clipper.settings import OutputSettings
+
+CONTENT_TYPES = {
+    "mp4": "video/mp4", "webm": "video/webm", "mkv": "video/x-matroska", "gif": "image/gif",
+    "m4a": "audio/mp4", "mp3": "audio/mpeg", "jpg": "image/jpeg", "webp": "image/webp", "png": "image/png",
+    "json": "application/json",
+}
+
+
+def content_type_for(key: str) -> str:
+    return CONTENT_TYPES.get(key.rsplit(".", 1)[-1].lower(), "application/octet-stream")
+
+
+class Uploader(Protocol):
+    def upload(self, path: Path, key: str, metadata: dict[str, str]) -> None: ...
+
+    def describe(self) -> str: ...
+
+
+class DirUploader:
+    def __init__(self, root: Path):
+        self.root = root.resolve()
+
+    def describe(self) -> str:
+        return f"dir:{self.root}"
+
+    def _target(self, key: str) -> Path:
+        target = (self.root / key).resolve()
+        if self.root not in target.parents:  # keys are validated upstream; this is the last fence
+            raise PermanentError(f"output key {key!r} escapes output.dir")
+        return target
+
+    def upload(self, path: Path, key: str, metadata: dict[str, str]) -> None:
+        target = self._target(key)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+            try:
+                with os.fdopen(fd, "wb") as out, open(path, "rb") as src:
+                    shutil.copyfileobj(src, out, 1024 * 1024)
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, target)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        except OSError as exc:
+            raise TransientError(f"upload to {target}: {exc.strerror or exc}") from exc
+
+
+class S3Uploader:
+    def __init__(self, output: OutputSettings):
+        import boto3
+        from boto3.s3.transfer import TransferConfig
+        from botocore.config import Config
+
+        self.bucket = output.bucket or ""
+        self.client = boto3.client(
+            "s3", endpoint_url=output.endpoint_url, region_name=output.region,
+            config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=60),
+        )
+        # Multipart above 64 MiB, in 16 MiB parts: a failed part is retried alone.
+        self.transfer = TransferConfig(multipart_threshold=64 * 1024**2, multipart_chunksize=16 * 1024**2,
+                                       max_concurrency=4, use_threads=True)
+
+    def describe(self) -> str:
+        return f"s3://{self.bucket}"
+
+    def upload(self, path: Path, key: str, metadata: dict[str, str]) -> None:
+        from boto3.exceptions import S3UploadFailedError
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.upload_file(str(path), self.bucket, key, Config=self.transfer,
+                                    ExtraArgs={"ContentType": content_type_for(key), "Metadata": metadata})
+        except (ClientError, S3UploadFailedError, BotoCoreError) as exc:
+            # Access denied or a missing bucket are deployment problems, not the message's:
+            # transient, so the job waits for ops instead of being dead-lettered at once.
+            raise TransientError(f"upload to s3://{self.bucket}/{key} failed: {exc}") from exc
+
+
+def make_uploader(output: OutputSettings) -> Uploader:
+    return S3Uploader(output) if output.kind == "s3" else DirUploader(output.dir)
