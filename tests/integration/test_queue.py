@@ -1,0 +1,160 @@
+"""Every transition of the reliable queue leaves an item in exactly one place (real Redis)."""
+
+import json
+import time
+
+import pytest
+
+from clipper.queue import ReliableQueue
+
+Q = "t:{q}"
+
+
+def places(r, raw: bytes, consumers=("c1", "c2")) -> list[str]:
+    found = []
+    found += ["Q"] * r.lrange(Q, 0, -1).count(raw)
+    for c in consumers:
+        found += [f"processing:{c}"] * r.lrange(f"{Q}:processing:{c}", 0, -1).count(raw)
+    found += ["retry"] * sum(1 for m in r.zrange(f"{Q}:retry", 0, -1) if m[9:] == raw)
+    found += ["dead"] * sum(1 for e in r.lrange(f"{Q}:dead", 0, -1) if json.loads(e)["raw"].encode() == raw)
+    return found
+
+
+@pytest.fixture
+def q(redis):
+    return ReliableQueue(redis, Q, "c1", result_ttl=60)
+
+
+def test_claim_moves_oldest_to_processing(q, redis) -> None:
+    q.push(b"first")
+    q.push(b"second")
+    assert q.claim(timeout=0.1) == b"first"
+    assert places(redis, b"first") == ["processing:c1"]
+    assert places(redis, b"second") == ["Q"]
+
+
+def test_claim_times_out_empty(q) -> None:
+    t0 = time.monotonic()
+    assert q.claim(timeout=0.2) is None
+    assert time.monotonic() - t0 < 1.5
+
+
+def test_mark_claimed_counts_attempts_and_resets_after_finish(q, redis) -> None:
+    assert q.mark_claimed("j") == 1
+    assert q.mark_claimed("j") == 2  # e.g. after a crash
+    q.push(b"x")
+    q.claim(0.1)
+    q.ack(b"x", "j", {"id": "j", "status": "done"})
+    assert q.mark_claimed("j") == 1  # a new submission of a finished job starts afresh
+
+
+def test_ack_records_result_reply_and_event(q, redis) -> None:
+    q.push(b"m")
+    q.claim(0.1)
+    sub = redis.pubsub()
+    sub.subscribe(f"{Q}:events")
+    sub.get_message(timeout=1)
+    assert q.ack(b"m", "j1", {"id": "j1", "status": "done", "outputs": []}, reply_to="app:results")
+    assert places(redis, b"m") == []
+    job = redis.hgetall(f"{Q}:job:j1")
+    assert job[b"status"] == b"done"
+    assert json.loads(job[b"result"])["id"] == "j1"
+    assert 0 < redis.ttl(f"{Q}:job:j1") <= 60
+    assert json.loads(redis.rpop("app:results"))["status"] == "done"
+    event = sub.get_message(timeout=1)
+    assert event and json.loads(event["data"])["status"] == "done"
+
+
+def test_retry_later_then_promote_when_due(q, redis) -> None:
+    q.push(b"m")
+    q.claim(0.1)
+    assert q.retry_later(b"m", "j", 0.2, "503")
+    assert places(redis, b"m") == ["retry"]
+    assert redis.hget(f"{Q}:job:j", "status") == b"retrying"
+    assert q.promote_due() == 0
+    time.sleep(0.3)
+    assert q.promote_due() == 1
+    assert places(redis, b"m") == ["Q"]
+
+
+def test_identical_items_stay_two_items_in_retry(q, redis) -> None:
+    for _ in range(2):
+        q.push(b"same")
+        q.claim(0.1)
+    q.retry_later(b"same", "j", 0, "x")
+    q.retry_later(b"same", "j", 0, "x")
+    assert places(redis, b"same") == ["retry", "retry"]
+    assert q.promote_due() == 2
+    assert places(redis, b"same") == ["Q", "Q"]
+
+
+def test_bury_dead_letter_has_reason(q, redis) -> None:
+    q.push(b"bad")
+    q.claim(0.1)
+    assert q.bury(b"bad", "j", {"kind": "permanent", "message": "404"}, 1, {"id": "j", "status": "failed"}, "r")
+    assert places(redis, b"bad") == ["dead"]
+    entry = json.loads(redis.lindex(f"{Q}:dead", 0))
+    assert entry["id"] == "j" and entry["error"]["message"] == "404" and entry["attempts"] == 1 and entry["failed_at"]
+    assert redis.hget(f"{Q}:job:j", "status") == b"failed"
+    assert json.loads(redis.rpop("r"))["status"] == "failed"
+
+
+def test_requeue_goes_to_consuming_end_and_uncounts(q, redis) -> None:
+    q.push(b"older")
+    q.push(b"newer")
+    assert q.claim(0.1) == b"older"
+    q.mark_claimed("j")
+    assert q.requeue(b"older", "j")
+    assert q.claim(0.1) == b"older"  # next in line again
+    assert redis.hget(f"{Q}:job:j", "attempts") == b"0"
+
+
+def test_reap_only_dead_consumers(redis) -> None:
+    alive = ReliableQueue(redis, Q, "c1")
+    dead = ReliableQueue(redis, Q, "c2")
+    for c in (alive, dead):
+        c.heartbeat(0.3, {})
+    for raw in (b"a1", b"d1", b"d2"):
+        redis.lpush(Q, raw)
+    alive.claim(0.1)
+    dead.claim(0.1)
+    dead.claim(0.1)
+    assert alive.reap() == {}  # c2's heartbeat is still fresh
+    time.sleep(0.4)
+    alive.heartbeat(5, {})
+    assert alive.reap() == {"c2": 2}
+    assert places(redis, b"d1") == ["Q"] and places(redis, b"d2") == ["Q"]
+    assert places(redis, b"a1") == ["processing:c1"]
+    assert alive.claim(0.1) == b"d1"  # the oldest of the reaped items is consumed first
+    assert redis.smembers(f"{Q}:consumers") == {b"c1"}
+
+
+def test_recover_own_ignores_heartbeat(q, redis) -> None:
+    q.heartbeat(30, {})
+    q.push(b"left")
+    q.claim(0.1)
+    assert q.recover_own() == 1
+    assert places(redis, b"left") == ["Q"]
+
+
+def test_dead_retry_and_purge(q, redis) -> None:
+    for raw, jid in ((b"x", "jx"), (b"y", "jy")):
+        q.push(raw)
+        q.claim(0.1)
+        q.mark_claimed(jid)
+        q.bury(raw, jid, {"kind": "permanent", "message": "m"}, 1, {})
+    assert q.dead_retry(["jx"]) == 1
+    assert places(redis, b"x") == ["Q"] and places(redis, b"y") == ["dead"]
+    assert redis.hget(f"{Q}:job:jx", "attempts") == b"0"
+    assert q.dead_purge() == 1
+    assert places(redis, b"y") == []
+
+
+def test_stats(q, redis) -> None:
+    q.heartbeat(30, {"pid": 1, "workers": 2, "in_flight": 1, "jobs": ["j"]})
+    q.push(b"a")
+    q.push(b"b")
+    q.claim(0.1)
+    s = q.stats()
+    assert (s["pending"], s["processing"], s["retry"], s["dead"]) == (1, 1, 0, 0)
+    assert s["consumers"][0]["consumer"] == "c1" and s["in_flight"] == {"c1": 1}
