@@ -11,8 +11,8 @@ import json
 import os
 import signal
 import sys
-from pathlib import Path
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import redis
 

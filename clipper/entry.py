@@ -10,7 +10,6 @@ are idempotent: output keys are a pure function of the message).
 from __future__ import annotations
 
 import collections
-import json
 import os
 import shutil
 import signal
@@ -155,6 +154,8 @@ class Entry:
         self.deadline: float | None = None
         self.cancelled_at: float | None = None
         self.reload_requested = False
+        self._stop_signals = 0  # counted by the handler, logged by the loop (no logging in handlers)
+        self._stop_signals_logged = 0
         self.redis_down_since: float | None = None
         self._next = {"heartbeat": 0.0, "promote": 0.0, "reap": 0.0}
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="clipper-worker")
@@ -168,6 +169,7 @@ class Entry:
 
     def _on_stop_signal(self, signum: int, _frame: Any) -> None:
         now = time.monotonic()
+        self._stop_signals += 1
         if not self.stopping:
             self.stopping = True
             self.deadline = now + self.settings.daemon.stop_timeout
@@ -212,6 +214,8 @@ class Entry:
                 self.reload_requested = False
                 logs.reopen()
                 self.log.info("log.reopened")
+            if self._stop_signals > self._stop_signals_logged:
+                self._log_stop_signal()
             self._collect_finished()
             try:
                 self._record_outcomes()
@@ -321,6 +325,15 @@ class Entry:
         self.wake.clear()
 
     # -- shutdown -------------------------------------------------------------------------------
+    def _log_stop_signal(self) -> None:
+        first = self._stop_signals_logged == 0
+        self._stop_signals_logged = self._stop_signals
+        jobs = [item.job_id for item in self.in_flight.values()]
+        if first:
+            self.log.info("daemon.draining", in_flight=jobs, stop_timeout=self.settings.daemon.stop_timeout)
+        else:
+            self.log.warning("daemon.deadline_now", in_flight=jobs, reason="second stop signal")
+
     def _drained(self) -> bool:
         """While stopping: True once nothing is in flight and every outcome is recorded."""
         now = time.monotonic()

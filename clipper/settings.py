@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -76,7 +77,7 @@ class OutputSettings(_Section):
     prefix: str = "clips"
 
     @model_validator(mode="after")
-    def _bucket_for_s3(self) -> "OutputSettings":
+    def _bucket_for_s3(self) -> OutputSettings:
         if self.kind == "s3" and not self.bucket:
             raise ValueError("output.bucket is required when output.kind = 's3'")
         if ".." in Path(self.prefix).parts or self.prefix.startswith("/"):

@@ -12,8 +12,8 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from clipper.errors import Cancelled, PermanentError, TransientError
 

@@ -12,10 +12,11 @@ import json
 import shutil
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from clipper.errors import PermanentError
 from clipper.jobs.clip import make_clip

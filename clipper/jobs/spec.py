@@ -128,7 +128,7 @@ class MessageModel(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _unique_names(self) -> "MessageModel":
+    def _unique_names(self) -> MessageModel:
         names = [c.name for c in self.clips or []] + [t.name for t in self.thumbnails or []]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:

@@ -114,6 +114,9 @@ def test_second_signal_makes_the_deadline_now(clipper: ClipperHarness, http) -> 
     assert_no_children_left(clipper)
     where = assert_each_in_one_place(clipper, raws)
     assert set(where.values()) == {"Q"}, where
+    events = [e for e in clipper.log_events() if e.get("event") in ("daemon.draining", "daemon.deadline_now")]
+    assert [e["event"] for e in events] == ["daemon.draining", "daemon.deadline_now"], events
+    assert len(events[0]["in_flight"]) == 2 and events[0]["stop_timeout"] == 120
 
 
 def test_stop_with_idle_workers_is_prompt_and_claims_nothing_more(clipper: ClipperHarness, http) -> None:
