@@ -35,6 +35,9 @@ class VideoStream:
     field_order: str | None
     frames: int | None
     rotation: int = 0  # display rotation in degrees (0, 90, 180, 270); re-encoding applies it
+    sar: Fraction = Fraction(1)  # sample (pixel) aspect ratio; 1 for square pixels
+    start_time: float | None = None  # seconds, on the container's clock (see MediaInfo.start_time)
+    duration: float | None = None  # seconds, as the stream says
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,8 @@ class AudioStream:
     profile: str | None
     sample_rate: int | None
     channels: int | None
+    start_time: float | None = None
+    duration: float | None = None
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,19 @@ class MediaInfo:
     audio: AudioStream | None
     video_streams: int
     audio_streams: int
+    # The container's start time. ffmpeg's `-ss` and clip times are relative to it; packet
+    # timestamps (the keyframe index) are not. 0 for most files, not for e.g. a TS remuxed
+    # with -copyts.
+    start_time: float = 0.0
+
+    @property
+    def video_end(self) -> float | None:
+        """Where the video stream ends, in clip time (relative to start_time), when known:
+        a video can end before the container (whose duration is the longest stream's)."""
+        v = self.video
+        if v is None or v.duration is None:
+            return None
+        return (v.start_time if v.start_time is not None else self.start_time) + v.duration - self.start_time
 
     @property
     def codecs(self) -> list[str]:
@@ -108,15 +126,19 @@ def media_info_from_json(data: dict[str, Any]) -> MediaInfo:
             height=_int(v.get("height")) or 0, fps=_fraction(v.get("avg_frame_rate")) or _fraction(v.get("r_frame_rate")),
             time_base=_fraction(v.get("time_base")), has_b_frames=_int(v.get("has_b_frames")) or 0,
             field_order=v.get("field_order"), frames=_int(v.get("nb_frames")), rotation=_rotation(v),
+            sar=_fraction(v.get("sample_aspect_ratio", "1").replace(":", "/")) or Fraction(1),
+            start_time=_float(v.get("start_time")), duration=_float(v.get("duration")),
         )
     if audios:
         a = audios[0]
         audio = AudioStream(index=int(a.get("index", 0)), codec=str(a.get("codec_name", "unknown")),
-                            profile=a.get("profile"), sample_rate=_int(a.get("sample_rate")), channels=_int(a.get("channels")))
+                            profile=a.get("profile"), sample_rate=_int(a.get("sample_rate")), channels=_int(a.get("channels")),
+                            start_time=_float(a.get("start_time")), duration=_float(a.get("duration")))
     durations = [_float(fmt.get("duration"))] + [_float(s.get("duration")) for s in videos[:1] + audios[:1]]
     duration = next((d for d in durations if d), 0.0)
     return MediaInfo(format_name=str(fmt.get("format_name", "unknown")), duration=duration, size=_int(fmt.get("size")),
-                     video=video, audio=audio, video_streams=len(videos), audio_streams=len(audios))
+                     video=video, audio=audio, video_streams=len(videos), audio_streams=len(audios),
+                     start_time=_float(fmt.get("start_time")) or 0.0)
 
 
 def probe_media(path: Path, *, control: JobControl | None = None, what: str = "probe",
