@@ -45,10 +45,11 @@ def _redis(settings: Settings) -> redis.Redis:
 
 
 def _queue(settings: Settings):
+    from clipper.jobs.spec import job_id_for_raw
     from clipper.queue import ReliableQueue, default_consumer_id
 
     return ReliableQueue(_redis(settings), settings.redis.queue, default_consumer_id(str(settings.daemon.pid_file)),
-                         result_ttl=settings.results.ttl)
+                         job_id_of=job_id_for_raw, result_ttl=settings.results.ttl)
 
 
 def _check_writable(settings: Settings) -> str | None:
@@ -83,23 +84,35 @@ def daemon_main(settings: Settings, readiness: Readiness, *, foreground: bool) -
         readiness.fail(str(exc))
         log.error("daemon.start_failed", error=str(exc))
         return 1
+    entry = None
     try:
         from clipper.entry import Entry
 
         try:
             entry = Entry(settings, readiness)
-            return entry.run()
-        except (redis.ConnectionError, redis.TimeoutError, redis.AuthenticationError, redis.ResponseError) as exc:
+            entry.prepare()
+        except redis.RedisError as exc:
             reason = logs.scrub(f"cannot reach Redis at {settings.redis.url}: {exc}")
             readiness.fail(reason)
             log.error("daemon.start_failed", error=reason)
             return 1
         except Exception as exc:
-            log.exception("daemon.crashed")
+            log.exception("daemon.start_failed")
             readiness.fail(f"{type(exc).__name__}: {exc}")
+            return 1
+        try:
+            return entry.run()
+        except Exception:
+            log.exception("daemon.crashed")  # a bug; the items we held are recovered at the next start
             return 1
     finally:
         lock.release()
+        if entry is not None and entry.abandoned:
+            # Workers stuck in a call that cannot be interrupted (their items are already back
+            # in the queue): do not let interpreter shutdown join their threads forever.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(1)
 
 
 def cmd_start(args: argparse.Namespace, settings: Settings) -> int:
@@ -173,11 +186,13 @@ def cmd_reload(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
+    from clipper.jobs.fetch import check_source_policy
     from clipper.jobs.spec import parse_message
 
     raw = sys.stdin.buffer.read() if args.message == "-" else args.message.encode()
     try:
         spec = parse_message(raw, settings.media)
+        check_source_policy(spec.source, settings.fetch)  # what the daemon would refuse anyway
     except PermanentError as exc:
         reason = str(exc)
         return _fail(reason if reason.startswith("invalid message") else f"invalid message: {reason}", 2)

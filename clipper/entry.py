@@ -27,12 +27,21 @@ from clipper.daemon import Readiness
 from clipper.errors import Cancelled, PermanentError, TransientError
 from clipper.jobs.command import JobControl
 from clipper.jobs.pipeline import JobContext, failed_result, run_job
-from clipper.jobs.spec import JobSpec, job_id_for_raw, parse_message
+from clipper.jobs.spec import JobSpec, job_id_for_raw, parse_message, reply_to_for_raw
 from clipper.jobs.upload import make_uploader
 from clipper.queue import ReliableQueue, backoff_delay, default_consumer_id
 from clipper.settings import Settings
 
-REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, redis.ReadOnlyError)
+# Redis is away or cannot take writes for now: wait, keep every outcome, try again.
+REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.OutOfMemoryError, redis.ReadOnlyError,
+                redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError)
+_TROUBLE_REPLIES = ("BUSY", "LOADING", "MASTERDOWN", "NOREPLICAS", "MISCONF")
+
+
+def redis_trouble(exc: redis.RedisError) -> bool:
+    """True for errors that say Redis is away or refuses writes for now (wait and retry);
+    False for errors about one command's keys or arguments (deal with that item)."""
+    return isinstance(exc, REDIS_ERRORS) or str(exc).startswith(_TROUBLE_REPLIES)
 CANCEL_GRACE = 10.0  # after the deadline kill, how long stuck workers may take to return
 
 
@@ -46,6 +55,8 @@ class Outcome:
     delay: float = 0.0
     error: dict[str, str] | None = None
     attempts: int = 0
+    uncount: bool = True  # requeue: an attempt cut short by our own shutdown is not counted
+    reason: str | None = None  # requeue: why, for the log
 
 
 @dataclass
@@ -102,7 +113,7 @@ class Worker:
             return Outcome("ack", item.raw, item.job_id, result=result, reply_to=spec.reply_to, attempts=item.attempts)
         except Cancelled:
             log.warning("job.cancelled", seconds=round(time.monotonic() - started, 3))
-            return Outcome("requeue", item.raw, item.job_id, attempts=item.attempts)
+            return Outcome("requeue", item.raw, item.job_id, attempts=item.attempts, reason="cancelled at the stop deadline")
         except PermanentError as exc:
             return self._failed(item, spec, "permanent", str(exc), log, started)
         except TransientError as exc:
@@ -131,7 +142,7 @@ class Worker:
     def _progress(self, job_id: str, stage: str) -> None:
         try:
             self.queue.set_progress(job_id, stage)
-        except REDIS_ERRORS:
+        except redis.RedisError:
             pass  # progress is informative; the outcome is what must not be lost
 
 
@@ -145,7 +156,8 @@ class Entry:
         self.workers = settings.workers.resolved_count()
         self.consumer = default_consumer_id(str(settings.daemon.pid_file))
         self.redis = connect_redis(settings)
-        self.queue = ReliableQueue(self.redis, settings.redis.queue, self.consumer, result_ttl=settings.results.ttl)
+        self.queue = ReliableQueue(self.redis, settings.redis.queue, self.consumer, job_id_of=job_id_for_raw,
+                                   result_ttl=settings.results.ttl)
         self.scratch = settings.daemon.work_dir / self.consumer
         self.in_flight: dict[Future, InFlight] = {}
         self.outcomes: collections.deque[Outcome] = collections.deque()
@@ -157,6 +169,7 @@ class Entry:
         self._stop_signals = 0  # counted by the handler, logged by the loop (no logging in handlers)
         self._stop_signals_logged = 0
         self.redis_down_since: float | None = None
+        self.abandoned = 0  # workers left stuck after the deadline (their items were requeued)
         self._next = {"heartbeat": 0.0, "promote": 0.0, "reap": 0.0}
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="clipper-worker")
         self._worker = Worker(settings, self.queue, self.scratch)
@@ -189,15 +202,14 @@ class Entry:
             self.log.warning("redis.durability", warning=warning)
         shutil.rmtree(self.scratch, ignore_errors=True)  # a crashed predecessor's downloads
         self.scratch.mkdir(parents=True, exist_ok=True)
-        recovered = self.queue.recover_own()
-        if recovered:
-            self.log.warning("queue.recovered_own", items=recovered, consumer=self.consumer)
+        for job_id in self.queue.recover_own():
+            self.log.warning("job.requeued", job_id=job_id, reason="recovered at start (left by a crashed run)")
         self._heartbeat()
         self._maintain(force=True)
 
     def run(self) -> int:
+        """The loop, after `prepare()` succeeded (errors there mean "cannot start")."""
         self.install_signals()
-        self.prepare()
         self.log.info("daemon.ready", pid=os.getpid(), workers=self.workers, consumer=self.consumer,
                       queue=self.settings.redis.queue, version=__version__)
         self.readiness.ready()
@@ -223,7 +235,7 @@ class Entry:
                 if self.redis_down_since is not None:
                     self.log.warning("redis.back", down_seconds=round(time.monotonic() - self.redis_down_since, 3))
                     self.redis_down_since = None
-            except REDIS_ERRORS as exc:
+            except redis.RedisError as exc:
                 self._redis_trouble(exc)
                 if self._give_up_waiting_for_redis():
                     return
@@ -240,18 +252,25 @@ class Entry:
                 continue
             try:
                 raw = self.queue.claim(timeout=1)
-            except REDIS_ERRORS as exc:
+            except redis.RedisError as exc:
                 self._redis_trouble(exc)
                 continue
-            if raw is not None:
-                self._start(raw)
+            if raw is None:
+                continue
+            if self.stopping:
+                # the stop signal came while BLMOVE was waiting: this item is not ours to start
+                self.outcomes.append(Outcome("requeue", raw, job_id_for_raw(raw), uncount=False,
+                                             reason="claimed during shutdown"))
+                continue
+            self._start(raw)
 
     def _start(self, raw: bytes) -> None:
         job_id = job_id_for_raw(raw)
         try:
             attempts = self.queue.mark_claimed(job_id)
-        except REDIS_ERRORS:
+        except redis.RedisError as exc:
             attempts = 1  # counted as best we can; the item is safe in our processing list
+            self.log.error("job.count_failed", job_id=job_id, error=str(exc))
         item = InFlight(raw, job_id, attempts, JobControl(job_id))
         log = self.log.bind(job_id=job_id, attempt=attempts)
         if attempts > self.settings.retry.max_attempts:
@@ -260,7 +279,7 @@ class Entry:
                      f"retry.max_attempts = {self.settings.retry.max_attempts}); the message may crash the daemon"}
             log.error("job.dead", error=error["message"], kind="poison")
             self.outcomes.append(Outcome("bury", raw, job_id, result=failed_result(job_id, attempts, error),
-                                         error=error, attempts=attempts))
+                                         error=error, attempts=attempts, reply_to=reply_to_for_raw(raw)))
             return
         log.info("job.claimed", in_flight=len(self.in_flight) + 1, workers=self.workers)
         future = self._pool.submit(self._worker, item)
@@ -280,18 +299,33 @@ class Entry:
                                              error={"kind": "transient", "message": repr(exc)}))
 
     def _record_outcomes(self) -> None:
+        """Record outcomes in order. Redis trouble propagates (the outcome stays queued here);
+        an error about this one item's keys (e.g. its job key holds another type) must not
+        block the others: the item is dead-lettered as it is, naming the error."""
         while self.outcomes:
             o = self.outcomes[0]
-            if o.kind == "ack":
-                self.queue.ack(o.raw, o.job_id, o.result or {}, o.reply_to)
-            elif o.kind == "retry":
-                self.queue.retry_later(o.raw, o.job_id, o.delay, (o.error or {}).get("message", ""))
-            elif o.kind == "bury":
-                self.queue.bury(o.raw, o.job_id, o.error or {}, o.attempts, o.result or {}, o.reply_to)
-            else:
-                self.queue.requeue(o.raw, o.job_id)
-                self.log.info("job.requeued", job_id=o.job_id)
+            try:
+                self._record(o)
+            except redis.RedisError as exc:
+                if redis_trouble(exc):
+                    raise
+                self.log.error("job.record_failed", job_id=o.job_id, outcome=o.kind, error=str(exc))
+                self.queue.bury_as_is(o.raw, o.job_id, f"cannot record the outcome ({o.kind}) in Redis: {exc}",
+                                      o.attempts)
             self.outcomes.popleft()
+
+    def _record(self, o: Outcome) -> None:
+        if o.kind == "ack":
+            if not self.queue.ack(o.raw, o.job_id, o.result or {}, o.reply_to):
+                self.log.warning("job.reply_skipped", job_id=o.job_id, reply_to=o.reply_to, reason="key is not a list")
+        elif o.kind == "retry":
+            self.queue.retry_later(o.raw, o.job_id, o.delay, (o.error or {}).get("message", ""))
+        elif o.kind == "bury":
+            if not self.queue.bury(o.raw, o.job_id, o.error or {}, o.attempts, o.result or {}, o.reply_to):
+                self.log.warning("job.reply_skipped", job_id=o.job_id, reply_to=o.reply_to, reason="key is not a list")
+        else:
+            self.queue.requeue(o.raw, o.job_id, uncount=o.uncount)
+            self.log.info("job.requeued", job_id=o.job_id, reason=o.reason)
 
     def _maintain(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -299,14 +333,25 @@ class Entry:
             self._heartbeat()
             self._next["heartbeat"] = now + self.settings.redis.heartbeat_ttl / 3
         if force or now >= self._next["promote"]:
-            promoted = self.queue.promote_due()
-            if promoted:
-                self.log.info("queue.promoted_retries", items=promoted)
+            for job_id in self.queue.promote_due():
+                self.log.info("job.requeued", job_id=job_id, reason="retry due")
             self._next["promote"] = now + 1.0
         if force or now >= self._next["reap"]:
-            for consumer, n in self.queue.reap().items():
-                self.log.warning("queue.reaped", consumer=consumer, items=n)
+            for consumer, job_ids in self.queue.reap().items():
+                self.log.warning("queue.reaped", consumer=consumer, items=len(job_ids))
+                for job_id in job_ids:
+                    self.log.warning("job.requeued", job_id=job_id, reason=f"reaped from dead consumer {consumer}")
+            self._requeue_orphans()
             self._next["reap"] = now + self.settings.redis.heartbeat_ttl / 2
+
+    def _requeue_orphans(self) -> None:
+        """Items in our processing list that no worker holds (a BLMOVE whose reply was lost)
+        would otherwise wait there until our next start: give them back now."""
+        held = [i.raw for i in self.in_flight.values()] + [o.raw for o in self.outcomes]
+        for raw in self.queue.orphans(held):
+            job_id = job_id_for_raw(raw)
+            self.queue.requeue(raw, job_id, uncount=False)
+            self.log.warning("job.requeued", job_id=job_id, reason="held by this daemon but by no worker")
 
     def _heartbeat(self) -> None:
         self.queue.heartbeat(self.settings.redis.heartbeat_ttl, {
@@ -343,8 +388,9 @@ class Entry:
             # Workers stuck outside a subprocess (e.g. an S3 call): their items go back anyway.
             for future, item in list(self.in_flight.items()):
                 self.log.error("job.abandoned", job_id=item.job_id)
-                self.outcomes.append(Outcome("requeue", item.raw, item.job_id))
+                self.outcomes.append(Outcome("requeue", item.raw, item.job_id, reason="worker stuck past the deadline"))
                 self.in_flight.pop(future)
+                self.abandoned += 1
         return not self.in_flight and not self.outcomes
 
     def _give_up_waiting_for_redis(self) -> bool:
@@ -370,7 +416,7 @@ class Entry:
         self._pool.shutdown(wait=False, cancel_futures=True)
         try:
             self.queue.leave()
-        except REDIS_ERRORS as exc:
+        except redis.RedisError as exc:
             self.log.warning("redis.leave_failed", error=str(exc))
         shutil.rmtree(self.scratch, ignore_errors=True)
         self.log.info("daemon.stopped", pid=os.getpid())

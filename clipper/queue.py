@@ -11,11 +11,13 @@ This module knows Redis keys and transitions; it knows nothing about ffmpeg or m
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import random
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,12 +42,20 @@ return attempts
 
 _ACK = """
 -- KEYS: processing, job, events, [reply_to]. ARGV: raw, status, result, now, ttl, event
+-- Checks come first: Lua does not roll back, so a failing write halfway would leave the item
+-- acknowledged without its event. A reply_to key of another type is skipped (and reported).
+local reply = 0
+if KEYS[4] then
+  local t = redis.call('TYPE', KEYS[4])['ok']
+  if t == 'list' or t == 'none' then reply = 1 else reply = -1 end
+end
 local removed = redis.call('LREM', KEYS[1], 1, ARGV[1])
-redis.call('HSET', KEYS[2], 'status', ARGV[2], 'result', ARGV[3], 'finished_at', ARGV[4], 'updated_at', ARGV[4], 'progress', ARGV[2])
+redis.call('HSET', KEYS[2], 'status', ARGV[2], 'result', ARGV[3], 'finished_at', ARGV[4], 'updated_at', ARGV[4],
+           'progress', ARGV[2])
 redis.call('EXPIRE', KEYS[2], tonumber(ARGV[5]))
-if KEYS[4] then redis.call('LPUSH', KEYS[4], ARGV[3]) end
+if reply == 1 then redis.call('LPUSH', KEYS[4], ARGV[3]) end
 redis.call('PUBLISH', KEYS[3], ARGV[6])
-return removed
+return {removed, reply}
 """
 
 _RETRY_LATER = """
@@ -60,13 +70,27 @@ return 1
 
 _BURY = """
 -- KEYS: processing, dead, job, events, [reply_to]. ARGV: raw, dead_entry, result, now, ttl, event
+local reply = 0
+if KEYS[5] then
+  local t = redis.call('TYPE', KEYS[5])['ok']
+  if t == 'list' or t == 'none' then reply = 1 else reply = -1 end
+end
 local removed = redis.call('LREM', KEYS[1], 1, ARGV[1])
-if removed == 0 then return 0 end
+if removed == 0 then return {0, 0} end
 redis.call('LPUSH', KEYS[2], ARGV[2])
-redis.call('HSET', KEYS[3], 'status', 'failed', 'result', ARGV[3], 'finished_at', ARGV[4], 'updated_at', ARGV[4], 'progress', 'failed')
+redis.call('HSET', KEYS[3], 'status', 'failed', 'result', ARGV[3], 'finished_at', ARGV[4], 'updated_at', ARGV[4],
+           'progress', 'failed')
 redis.call('EXPIRE', KEYS[3], tonumber(ARGV[5]))
-if KEYS[5] then redis.call('LPUSH', KEYS[5], ARGV[3]) end
+if reply == 1 then redis.call('LPUSH', KEYS[5], ARGV[3]) end
 redis.call('PUBLISH', KEYS[4], ARGV[6])
+return {1, reply}
+"""
+
+_BURY_AS_IS = """
+-- KEYS: processing, dead. ARGV: raw, dead_entry. The last resort when the job's own keys
+-- cannot be written (e.g. another type under Q:job:<id>): the item still ends up dead.
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+redis.call('LPUSH', KEYS[2], ARGV[2])
 return 1
 """
 
@@ -86,23 +110,44 @@ return 1
 """
 
 _PROMOTE = """
--- KEYS: retry, queue. ARGV: now, limit. Due retries go to the consuming end of Q.
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
-for _, member in ipairs(due) do
-  redis.call('ZREM', KEYS[1], member)
-  redis.call('RPUSH', KEYS[2], string.sub(member, 10))
+-- KEYS: retry, queue, events, job_1..job_n. ARGV: now, n, then member_i, event_i for each i.
+-- Due retries go to the consuming end of Q and their records say so. Python read the due
+-- members (to name their jobs); one another daemon promoted meanwhile is skipped.
+local n = tonumber(ARGV[2])
+local moved = {}
+for i = 1, n do
+  local member, event = ARGV[1 + 2 * i], ARGV[2 + 2 * i]
+  if redis.call('ZREM', KEYS[1], member) == 1 then
+    redis.call('RPUSH', KEYS[2], string.sub(member, 10))
+    redis.call('HSET', KEYS[3 + i], 'status', 'queued', 'updated_at', ARGV[1], 'progress', 'retry due')
+    redis.call('PUBLISH', KEYS[3], event)
+    moved[#moved + 1] = i
+  end
 end
-return #due
+return moved
 """
 
 _REAP = """
--- KEYS: processing, queue, heartbeat, consumers. ARGV: consumer, force
--- Moves a dead consumer's items back to the consuming end of Q, oldest consumed first.
+-- KEYS: processing, queue, heartbeat, consumers, events, job_1..job_n.
+-- ARGV: consumer, force, now, reason, n, then raw_i, event_i for each i (the list as Python read it).
+-- Moves a consumer's items back to the consuming end of Q, oldest consumed first, unless its
+-- heartbeat is alive (force: our own leftovers, we hold the pid lock).
 if ARGV[2] ~= '1' and redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
-local n = 0
-while redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT') do n = n + 1 end
+local n = tonumber(ARGV[5])
+local moved = {}
+for i = 1, n do
+  local raw, event = ARGV[4 + 2 * i], ARGV[5 + 2 * i]
+  if redis.call('LREM', KEYS[1], 1, raw) == 1 then
+    redis.call('RPUSH', KEYS[2], raw)
+    redis.call('HSET', KEYS[5 + i], 'status', 'queued', 'updated_at', ARGV[3], 'progress', ARGV[4])
+    redis.call('PUBLISH', KEYS[5], event)
+    moved[#moved + 1] = i
+  end
+end
+-- anything not in the list Python read (it cannot grow for a dead consumer; belt and braces)
+while redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT') do moved[#moved + 1] = 0 end
 if ARGV[2] ~= '1' then redis.call('SREM', KEYS[4], ARGV[1]) end
-return n
+return moved
 """
 
 _DEAD_RETRY = """
@@ -171,11 +216,25 @@ def _event(job_id: str, status: str, **extra: Any) -> str:
     return json.dumps({"id": job_id, "status": status, "at": round(_now(), 3), **extra}, separators=(",", ":"))
 
 
+def _dead_entry(raw: bytes, job_id: str, error: dict[str, str], attempts: int, now: float) -> str:
+    return json.dumps({"raw": raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw, "id": job_id,
+                       "error": error, "attempts": attempts, "failed_at": round(now, 3)}, separators=(",", ":"))
+
+
+def _result_event(result: dict[str, Any]) -> str:
+    """A finished job's event on Q:events is its whole result (DESIGN: the result is published)."""
+    return json.dumps({**result, "at": round(_now(), 3)}, separators=(",", ":"))
+
+
 class ReliableQueue:
     """Named atomic transitions over the keys derived from `redis.queue`."""
 
-    def __init__(self, client: redis.Redis, queue: str, consumer: str, *, result_ttl: int = 7 * 24 * 3600):
+    def __init__(self, client: redis.Redis, queue: str, consumer: str, *, job_id_of: Callable[[bytes], str],
+                 result_ttl: int = 7 * 24 * 3600):
+        """`job_id_of` names the job of a raw item (the message format is not this module's
+        business); moves that find items in Redis use it to update their job records."""
         self.r = client
+        self.job_id_of = job_id_of
         self.keys = Keys(queue)
         self.consumer = consumer
         self.processing = self.keys.processing(consumer)
@@ -185,6 +244,7 @@ class ReliableQueue:
         self._retry_later = client.register_script(_RETRY_LATER)
         self._bury = client.register_script(_BURY)
         self._requeue = client.register_script(_REQUEUE)
+        self._bury_as_is = client.register_script(_BURY_AS_IS)
         self._promote = client.register_script(_PROMOTE)
         self._reap = client.register_script(_REAP)
         self._dead_retry = client.register_script(_DEAD_RETRY)
@@ -206,11 +266,14 @@ class ReliableQueue:
         return attempts
 
     def ack(self, raw: bytes, job_id: str, result: dict[str, Any], reply_to: str | None = None) -> bool:
-        """Record the result (job hash, reply_to, event) and remove the item, in one step."""
+        """Record the result (job hash, reply_to, event) and remove the item, in one step.
+        Returns False when reply_to names a key that is not a list (the result is recorded
+        and the item acknowledged all the same)."""
         keys = [self.processing, self.keys.job(job_id), self.keys.events] + ([reply_to] if reply_to else [])
         payload = json.dumps(result, separators=(",", ":"))
-        event = _event(job_id, result.get("status", "done"))
-        return bool(self._ack(keys=keys, args=[raw, result.get("status", "done"), payload, _now(), self.result_ttl, event]))
+        _, replied = self._ack(keys=keys, args=[raw, result.get("status", "done"), payload, _now(), self.result_ttl,
+                                                _result_event(result)])
+        return int(replied) >= 0
 
     def retry_later(self, raw: bytes, job_id: str, delay: float, error: str) -> bool:
         due = _now() + delay
@@ -221,13 +284,19 @@ class ReliableQueue:
 
     def bury(self, raw: bytes, job_id: str, error: dict[str, str], attempts: int, result: dict[str, Any],
              reply_to: str | None = None) -> bool:
-        """Dead-letter the item with the reason, record the failed result, tell the producer."""
+        """Dead-letter the item with the reason, record the failed result, tell the producer.
+        Returns False when reply_to names a key that is not a list (buried all the same)."""
         now = _now()
-        entry = json.dumps({"raw": raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw, "id": job_id,
-                            "error": error, "attempts": attempts, "failed_at": round(now, 3)}, separators=(",", ":"))
+        entry = _dead_entry(raw, job_id, error, attempts, now)
         keys = [self.processing, self.keys.dead, self.keys.job(job_id), self.keys.events] + ([reply_to] if reply_to else [])
-        return bool(self._bury(keys=keys, args=[raw, entry, json.dumps(result, separators=(",", ":")), now,
-                                                self.result_ttl, _event(job_id, "failed", error=error)]))
+        _, replied = self._bury(keys=keys, args=[raw, entry, json.dumps(result, separators=(",", ":")), now,
+                                                 self.result_ttl, _result_event(result)])
+        return int(replied) >= 0
+
+    def bury_as_is(self, raw: bytes, job_id: str, message: str, attempts: int) -> bool:
+        """Dead-letter the item without touching its job record (which could not be written)."""
+        entry = _dead_entry(raw, job_id, {"kind": "permanent", "message": message}, attempts, _now())
+        return bool(self._bury_as_is(keys=[self.processing, self.keys.dead], args=[raw, entry]))
 
     def requeue(self, raw: bytes, job_id: str, *, uncount: bool = True) -> bool:
         """Put a held item back at the consuming end of Q (shutdown deadline)."""
@@ -238,8 +307,18 @@ class ReliableQueue:
         self.r.hset(self.keys.job(job_id), mapping={"progress": progress, "updated_at": _now()})
 
     # -- maintenance -------------------------------------------------------------------------
-    def promote_due(self, limit: int = 100) -> int:
-        return int(self._promote(keys=[self.keys.retry, self.keys.queue], args=[_now(), limit]))
+    def promote_due(self, limit: int = 100) -> list[str]:
+        """Move due retries to the consuming end of Q; returns the job ids moved."""
+        members = self.r.zrangebyscore(self.keys.retry, "-inf", _now(), start=0, num=limit)
+        if not members:
+            return []
+        ids = [self.job_id_of(m[_RETRY_NONCE_LEN:]) for m in members]
+        args: list[Any] = [_now(), len(members)]
+        for member, job_id in zip(members, ids, strict=True):
+            args += [member, _event(job_id, "queued", reason="retry due")]
+        moved = self._promote(keys=[self.keys.retry, self.keys.queue, self.keys.events, *map(self.keys.job, ids)],
+                              args=args)
+        return [ids[int(i) - 1] for i in moved]
 
     def heartbeat(self, ttl: float, info: dict[str, Any]) -> None:
         pipe = self.r.pipeline(transaction=True)
@@ -247,24 +326,46 @@ class ReliableQueue:
         pipe.sadd(self.keys.consumers, self.consumer)
         pipe.execute()
 
-    def recover_own(self) -> int:
+    def recover_own(self) -> list[str]:
         """At start: we hold the pid lock, so whatever our consumer id still holds is a leftover
-        of a crashed predecessor; put it back now instead of waiting for the heartbeat to expire."""
-        return int(self._reap(keys=[self.processing, self.keys.queue, self.keys.heartbeat(self.consumer),
-                                    self.keys.consumers], args=[self.consumer, "1"]))
+        of a crashed predecessor; put it back now instead of waiting for the heartbeat to expire.
+        Returns the job ids put back."""
+        return self._reap_consumer(self.consumer, force=True, reason="recovered at start") or []
 
-    def reap(self) -> dict[str, int]:
-        """Give back the items of consumers whose heartbeat expired."""
-        moved: dict[str, int] = {}
+    def reap(self) -> dict[str, list[str]]:
+        """Give back the items of consumers whose heartbeat expired: {consumer: job ids}."""
+        moved: dict[str, list[str]] = {}
         for raw_id in self.r.smembers(self.keys.consumers):
             consumer = raw_id.decode() if isinstance(raw_id, bytes) else raw_id
-            if consumer == self.consumer:
+            if consumer == self.consumer or self.r.exists(self.keys.heartbeat(consumer)):
                 continue
-            n = int(self._reap(keys=[self.keys.processing(consumer), self.keys.queue, self.keys.heartbeat(consumer),
-                                     self.keys.consumers], args=[consumer, "0"]))
-            if n >= 0:
-                moved[consumer] = n
+            ids = self._reap_consumer(consumer, force=False, reason=f"reaped from dead consumer {consumer}")
+            if ids is not None:
+                moved[consumer] = ids
         return moved
+
+    def _reap_consumer(self, consumer: str, *, force: bool, reason: str) -> list[str] | None:
+        """One script: if the consumer's heartbeat is gone (or `force`), its items go back to
+        the consuming end of Q and their records say so. None when it turned out alive."""
+        items = self.r.lrange(self.keys.processing(consumer), 0, -1)
+        ids = [self.job_id_of(raw) for raw in items]
+        args: list[Any] = [consumer, "1" if force else "0", _now(), reason, len(items)]
+        for raw, job_id in zip(items, ids, strict=True):
+            args += [raw, _event(job_id, "queued", reason=reason)]
+        keys = [self.keys.processing(consumer), self.keys.queue, self.keys.heartbeat(consumer), self.keys.consumers,
+                self.keys.events, *map(self.keys.job, ids)]
+        moved = self._reap(keys=keys, args=args)
+        if moved == -1:  # its heartbeat came back meanwhile
+            return None
+        return [ids[int(i) - 1] if int(i) else "(unknown)" for i in moved]
+
+    def orphans(self, held: list[bytes]) -> list[bytes]:
+        """Items in our processing list that we do not hold: e.g. a BLMOVE whose reply was
+        lost (Redis moved the item, then the socket timed out). `held`: every item we do hold
+        (in flight or waiting to be recorded), duplicates included."""
+        mine = collections.Counter(self.r.lrange(self.processing, 0, -1))
+        mine.subtract(collections.Counter(held))
+        return [raw for raw, n in mine.items() for _ in range(max(0, n))]
 
     def leave(self) -> None:
         """Clean exit: drop our heartbeat; keep our id in the set while we still hold items."""

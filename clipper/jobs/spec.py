@@ -239,6 +239,17 @@ def job_id_for_raw(raw: bytes | str) -> str:
     return "j-" + hashlib.sha256(_canonical(obj).encode()).hexdigest()[:24]
 
 
+def reply_to_for_raw(raw: bytes | str) -> str | None:
+    """The `reply_to` of a raw item when it has a valid one, even if the rest is invalid (a
+    poison message buried without being parsed still tells its producer)."""
+    try:
+        obj = _decode(raw)
+    except PermanentError:
+        return None
+    reply_to = obj.get("reply_to") if isinstance(obj, dict) else None
+    return reply_to if isinstance(reply_to, str) and REPLY_TO_RE.match(reply_to) else None
+
+
 def _validate_source(url: str) -> str:
     if len(url) > 4096:
         raise PermanentError("source: URL longer than 4096 characters")

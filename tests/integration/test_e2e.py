@@ -104,14 +104,16 @@ def test_enqueue_through_cli_and_publish_events(clipper: ClipperHarness, http) -
     r = clipper.cli("enqueue", "test", json.dumps(msg))
     assert r.returncode == 0 and r.stdout.strip() == "via-cli", r
     assert clipper.wait_job("via-cli")["status"] == "done"
-    statuses = []
+    events = []
     while (m := sub.get_message(timeout=0.5)) is not None:
         if m["type"] == "message":
             event = json.loads(m["data"])
             if event.get("id") == "via-cli":
-                statuses.append(event.get("status"))
+                events.append(event)
     sub.close()
-    assert statuses and statuses[-1] == "done", statuses
+    assert events and events[-1]["status"] == "done", events
+    # the last event is the result itself, as stored in Q:job:<id> and sent to reply_to
+    assert {k: v for k, v in events[-1].items() if k != "at"} == clipper.result("via-cli")
 
 
 def test_several_outputs_and_output_prefix(clipper: ClipperHarness, http) -> None:
