@@ -28,6 +28,8 @@ from pathlib import Path
 
 import daemon as python_daemon
 
+PROBE_GRACE = 0.5  # seconds a busy pid lock is retried before "already running"
+
 
 class AlreadyRunning(Exception):
     pass
@@ -46,14 +48,22 @@ class PidLock:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as exc:
             raise OSError(f"cannot open pid file {self.path}: {exc.strerror}") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                pid = read_pid(self.path)
-                raise AlreadyRunning(f"already running (pid {pid if pid else 'unknown'}, lock on {self.path})") from None
-            raise
+        # `status`/`stop` probe the lock with a brief shared flock; a start that meets such a
+        # probe must not fail, so a busy lock is tried again for a moment before it counts.
+        deadline = time.monotonic() + PROBE_GRACE
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    os.close(fd)
+                    raise
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    pid = read_pid(self.path)
+                    raise AlreadyRunning(f"already running (pid {pid if pid else 'unknown'}, lock on {self.path})") from None
+                time.sleep(0.02)
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         os.fsync(fd)

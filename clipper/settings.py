@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -66,6 +67,8 @@ class FetchSettings(_Section):
     max_redirects: int = Field(default=5, ge=0, le=20)
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
+    # None: any bucket the daemon's credentials can read; a list: only these
+    s3_allow_buckets: tuple[str, ...] | None = None
 
 
 class OutputSettings(_Section):
@@ -147,7 +150,10 @@ def settings_dirs(cwd: Path | None = None, environ: Mapping[str, str] | None = N
     dirs: list[Path] = []
     if environ.get(SETTINGS_DIR_ENV):
         dirs.append(Path(environ[SETTINGS_DIR_ENV]))
-    dirs += [cwd / "settings", Path("/etc/clipper"), Path(__file__).resolve().parent.parent / "settings"]
+    # last: the files `pip install .` put under <prefix>/share/clipper/settings, and the
+    # repository's own settings/ (a source checkout or an editable install)
+    dirs += [cwd / "settings", Path("/etc/clipper"), Path(sys.prefix) / "share" / "clipper" / "settings",
+             Path(__file__).resolve().parent.parent / "settings"]
     unique: list[Path] = []
     for d in dirs:
         if d.resolve() not in [u.resolve() for u in unique]:
@@ -223,12 +229,14 @@ def _resolve_paths(data: dict[str, Any], cwd: Path) -> dict[str, Any]:
     return data
 
 
-def _describe(err: ValidationError, source: str) -> str:
+def _describe(err: ValidationError, source: str, env_names: Mapping[tuple[str, ...], str]) -> str:
+    """Name the key, and the environment variable when the value came from one."""
     parts = []
     for e in err.errors():
         loc = ".".join(str(x) for x in e["loc"])
         msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
-        parts.append(f"{loc}: {msg}")
+        origin = env_names.get(tuple(str(x) for x in e["loc"][:2])) or env_names.get((str(e["loc"][0]),))
+        parts.append(f"{loc}: {msg}" + (f" (from {origin})" if origin else ""))
     return f"invalid settings ({source}): " + "; ".join(parts)
 
 
@@ -247,7 +255,8 @@ def load_settings(
         data = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise SettingsError(f"cannot read {path}: {exc}") from exc
-    data = _merge(data, env_overrides(environ))
+    from_env = env_overrides(environ)
+    data = _merge(data, from_env)
     data = _merge(data, {k: dict(v) for k, v in (overrides or {}).items() if v})
     data["env"] = env
     if "daemon" not in data:
@@ -261,4 +270,10 @@ def load_settings(
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
-        raise SettingsError(_describe(exc, str(path))) from None
+        env_names: dict[tuple[str, ...], str] = {}
+        for section, keys in from_env.items():
+            for key in keys:
+                env_names[(section, key)] = f"{ENV_PREFIX}{section.upper()}__{key.upper()}"
+            if section not in Settings.model_fields:
+                env_names[(section,)] = f"{ENV_PREFIX}{section.upper()}__{next(iter(keys)).upper()}"
+        raise SettingsError(_describe(exc, str(path), env_names)) from None

@@ -53,3 +53,19 @@ def test_a_file_naming_a_live_pid_without_the_lock_is_not_running(tmp_path: Path
 
 def test_missing_file_is_not_running(tmp_path: Path) -> None:
     assert lock_holder(tmp_path / "nope.pid") is None
+
+
+def test_a_status_probe_racing_with_start_does_not_make_it_fail(tmp_path: Path) -> None:
+    """`clipper status` probes with a brief shared flock; a start meeting it must still win."""
+    import fcntl
+    import threading
+
+    pid_file = tmp_path / "c.pid"
+    pid_file.touch()
+    fd = os.open(pid_file, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_SH)  # a probe caught in the middle
+    threading.Timer(0.1, lambda: (fcntl.flock(fd, fcntl.LOCK_UN), os.close(fd))).start()
+    lock = PidLock(pid_file)
+    lock.acquire()
+    assert lock_holder(pid_file) == os.getpid()
+    lock.release()

@@ -35,8 +35,21 @@ def test_unknown_key_is_an_error_naming_it(tmp_path: Path) -> None:
 
 def test_unknown_env_var_key_is_an_error(tmp_path: Path) -> None:
     write(tmp_path, "t", "")
-    with pytest.raises(SettingsError, match=r"redis\.urll"):
+    with pytest.raises(SettingsError, match=r"redis\.urll: unknown key \(from CLIPPER_REDIS__URLL\)"):
         load(tmp_path, environ={"CLIPPER_REDIS__URLL": "redis://x"})
+    with pytest.raises(SettingsError, match=r"foo: unknown key \(from CLIPPER_FOO__BAR\)"):
+        load(tmp_path, environ={"CLIPPER_FOO__BAR": "1"})
+    with pytest.raises(SettingsError, match=r"workers\.count: .* \(from CLIPPER_WORKERS__COUNT\)"):
+        load(tmp_path, environ={"CLIPPER_WORKERS__COUNT": "-1"})
+
+
+def test_settings_files_installed_under_the_prefix_are_found(tmp_path: Path) -> None:
+    import sys
+
+    from clipper.settings import settings_dirs
+
+    dirs = settings_dirs(tmp_path, {})
+    assert Path(sys.prefix) / "share" / "clipper" / "settings" in dirs
 
 
 def test_invalid_value_names_the_key(tmp_path: Path) -> None:
