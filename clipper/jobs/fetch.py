@@ -22,8 +22,11 @@ worker), `fetch.connect_timeout` bounds every single socket operation, `fetch.ma
 the body (announced or streamed), `fetch.max_redirects` the hops.
 
 `s3://bucket/key` sources are read with boto3 from `fetch.s3_endpoint_url` (credentials from the
-standard AWS chain). That endpoint comes from settings, which are trusted, so it is not put
-through the address check: a deployment may well run its object store on a private address.
+standard AWS chain). That endpoint comes from settings, which are trusted, and a deployment may
+well run its object store on a private address; it is still refused when it resolves to a
+link-local (metadata), multicast or reserved address. The message only chooses the bucket and
+key: bucket names must be DNS-compatible (with virtual-hosted addressing they become part of
+the host name), and `fetch.s3_allow_buckets`, when set, lists the buckets producers may name.
 
 `file://` sources are returned in place (no copy; the pipeline only reads them) when their real
 path, symlinks resolved, lies under one of `fetch.allow_file_roots`.
@@ -564,7 +567,9 @@ def _stream_body(response: http.client.HTTPResponse, sock: socket.socket, hop: H
 
 # -- file:// -----------------------------------------------------------------------------------
 
-def _fetch_file(url: str, settings: FetchSettings) -> tuple[Path, int]:
+def _allowed_file_path(url: str, settings: FetchSettings) -> str:
+    """The real path of a file:// source when it lies under `fetch.allow_file_roots`, checked
+    before existence, so that a refusal says nothing about files outside the roots."""
     where = redacted(url)
     parts = urlsplit(url)
     if parts.netloc not in ("", "localhost"):
@@ -574,10 +579,15 @@ def _fetch_file(url: str, settings: FetchSettings) -> tuple[Path, int]:
         roots = [os.path.realpath(root) for root in settings.allow_file_roots]
     except (ValueError, OSError):
         raise PermanentError(f"source {where}: invalid file path") from None
-    # Checked before existence, so the refusal says nothing about files outside the roots.
     inside = any(real != root and os.path.commonpath([real, root]) == root for root in roots)
     if not parts.path.startswith("/") or not inside:
         raise PermanentError("file:// sources are allowed only under fetch.allow_file_roots")
+    return real
+
+
+def _fetch_file(url: str, settings: FetchSettings) -> tuple[Path, int]:
+    where = redacted(url)
+    real = _allowed_file_path(url, settings)
     try:
         st = os.stat(real)
     except FileNotFoundError:
@@ -595,6 +605,11 @@ def _fetch_file(url: str, settings: FetchSettings) -> tuple[Path, int]:
 
 # -- s3:// -------------------------------------------------------------------------------------
 
+# DNS-compatible bucket names only: with virtual-hosted addressing the bucket becomes part of
+# the endpoint's host name, so nothing else may reach it (no IP-like names, no "..").
+S3_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$|^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
 def parse_s3_url(url: str) -> tuple[str, str]:
     """`s3://bucket/key` -> (bucket, key); the key is taken verbatim (no unquoting; `?` and `#`
     are part of it), as the AWS CLI does."""
@@ -602,7 +617,52 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     bucket, _, key = rest.partition("/")
     if not bucket or not key:
         raise PermanentError(f"source {redacted(url)}: expected s3://bucket/key")
+    if not S3_BUCKET_RE.match(bucket) or ".." in bucket or _is_ip_literal(bucket):
+        raise PermanentError(f"source {redacted(url)}: {bucket[:70]!r} is not a valid S3 bucket name")
     return bucket, key
+
+
+def check_s3_endpoint(endpoint_url: str | None) -> None:
+    """The object store comes from settings (trusted, often on a private address), but it must
+    never be a link-local/metadata, multicast or reserved address: refused whatever
+    `fetch.allow_private` says (an endpoint typo must not turn into SSRF)."""
+    if not endpoint_url:
+        return
+    host = urlsplit(endpoint_url).hostname or ""
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except socket.gaierror as exc:
+        raise TransientError(f"fetch.s3_endpoint_url {redacted(endpoint_url)}: cannot resolve {host!r} ({exc})") from None
+    for info in infos:
+        reason = check_address(ipaddress.ip_address(info[4][0].split("%")[0]), allow_private=True)
+        if reason is not None:
+            raise PermanentError(f"fetch.s3_endpoint_url {redacted(endpoint_url)} is refused: {reason}")
+
+
+def check_source_policy(url: str, settings: FetchSettings) -> None:
+    """What can be said about a source without fetching it (no DNS, no connection): scheme,
+    URL form, literal addresses, file roots, bucket names. `clipper enqueue` uses it to refuse
+    at once what the daemon would dead-letter anyway; fetching checks everything again."""
+    where = redacted(url)
+    try:
+        scheme = urlsplit(url).scheme.lower()
+    except ValueError:
+        raise PermanentError(f"source {where}: invalid URL") from None
+    if scheme in ("http", "https"):
+        hop = parse_http_url(url)
+        if _is_ip_literal(hop.host):
+            reason = check_address(ipaddress.ip_address(hop.host), settings.allow_private)
+            if reason is not None:
+                raise PermanentError(f"source {where}: {reason}")
+    elif scheme == "file":
+        _allowed_file_path(url, settings)
+    elif scheme == "s3":
+        bucket, _ = parse_s3_url(url)
+        if settings.s3_allow_buckets is not None and bucket not in settings.s3_allow_buckets:
+            raise PermanentError(f"source {where}: bucket {bucket!r} is not in fetch.s3_allow_buckets")
+    else:
+        raise PermanentError(f"source {where[:100]}: scheme {scheme[:20] or '(none)'!r} is not allowed (http, https, s3, "
+                             "or file under fetch.allow_file_roots)")
 
 
 def s3_error(exc: BaseException, where: str) -> ClipperError:
@@ -646,6 +706,7 @@ def _fetch_s3(url: str, dest_dir: Path, settings: FetchSettings, deadline: _Dead
 
     where = redacted(url)
     bucket, key = parse_s3_url(url)
+    check_s3_endpoint(settings.s3_endpoint_url)
     path = dest_dir / source_filename(key)
     received = 0
     last_progress = time.monotonic()
@@ -702,10 +763,8 @@ def fetch_source(url: str, dest_dir: Path, settings: FetchSettings, *, cancelled
     """
     started = time.monotonic()
     where = redacted(url)
-    try:
-        scheme = urlsplit(url).scheme.lower()
-    except ValueError:
-        raise PermanentError(f"source {where}: invalid URL") from None
+    check_source_policy(url, settings)
+    scheme = urlsplit(url).scheme.lower()
     deadline = _Deadline(settings, cancelled, where)
     deadline.check()
     content_type: str | None
@@ -713,10 +772,7 @@ def fetch_source(url: str, dest_dir: Path, settings: FetchSettings, *, cancelled
         path, size, content_type = _fetch_http(url, Path(dest_dir), settings, deadline, progress)
     elif scheme == "file":
         (path, size), content_type = _fetch_file(url, settings), None
-    elif scheme == "s3":
-        path, size, content_type = _fetch_s3(url, Path(dest_dir), settings, deadline, progress)
     else:
-        raise PermanentError(f"source {where[:100]}: scheme {scheme[:20] or '(none)'!r} is not allowed (http, https, s3, "
-                             "or file under fetch.allow_file_roots)")
+        path, size, content_type = _fetch_s3(url, Path(dest_dir), settings, deadline, progress)
     return FetchedSource(path=path, url=where, bytes=size, seconds=round(time.monotonic() - started, 3),
                          content_type=content_type)

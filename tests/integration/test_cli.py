@@ -175,10 +175,14 @@ def test_enqueue_without_id_prints_a_stable_derived_id(clipper: ClipperHarness, 
 def test_enqueue_invalid_exits_2_and_pushes_nothing(clipper: ClipperHarness, http) -> None:
     for bad in ("{not json", json.dumps({"source": "gopher://127.0.0.1/x"}),
                 json.dumps({"source": http.url("/media/short.mp4"), "clips": [{"name": "a", "start": 5, "end": 1}]}),
-                json.dumps({"source": http.url("/media/short.mp4"), "colour": "red"})):
+                json.dumps({"source": http.url("/media/short.mp4"), "colour": "red"}),
+                # sources the daemon would refuse anyway: refused at once, naming why
+                "file:///etc/passwd", "http://169.254.169.254/latest/meta-data", "s3://Not_A_Bucket/k.mp4"):
         r = clipper.cli("enqueue", ENV, bad)
         assert r.returncode == 2, (bad, r)
         assert r.stderr.strip(), bad
+    assert "allow_file_roots" in clipper.cli("enqueue", ENV, "file:///etc/passwd").stderr
+    assert "link-local" in clipper.cli("enqueue", ENV, "http://169.254.169.254/x").stderr
     assert clipper.pending() == []
 
 

@@ -3,6 +3,7 @@ name, and how HTTP statuses, DNS failures and S3 errors map to permanent/transie
 
 import base64
 import ipaddress
+import re
 import socket
 
 import pytest
@@ -314,3 +315,47 @@ def test_s3_retries_exceeded_is_classified_by_its_last_error() -> None:
 def test_s3_error_passes_clipper_errors_through() -> None:
     err = PermanentError("too big")
     assert s3_error(err, "s3://b/k") is err
+
+
+# -- check_source_policy: what enqueue can refuse without a network -------------------------------
+
+def _policy_settings(**kw):
+    from clipper.settings import FetchSettings
+
+    return FetchSettings(**kw)
+
+
+@pytest.mark.parametrize("url,why", [
+    ("http://169.254.169.254/latest", "link-local"),
+    ("http://127.0.0.1:8080/v.mp4", "allow_private"),
+    ("http://[::ffff:169.254.169.254]/x", "refused"),
+    ("file:///etc/passwd", "allow_file_roots"),
+    ("gopher://example.com/x", "not allowed"),
+    ("s3://Bad_Bucket/key.mp4", "not a valid S3 bucket name"),
+    ("s3://192.168.1.1/key.mp4", "not a valid S3 bucket name"),
+    ("s3://a..b/key.mp4", "not a valid S3 bucket name"),
+    ("s3://media/", "expected s3://bucket/key"),
+    ("s3://other-bucket/k.mp4", "fetch.s3_allow_buckets"),
+])
+def test_check_source_policy_refuses(url: str, why: str) -> None:
+    from clipper.jobs.fetch import check_source_policy
+
+    with pytest.raises(PermanentError, match=re.escape(why)):
+        check_source_policy(url, _policy_settings(s3_allow_buckets=("media",)))
+
+
+@pytest.mark.parametrize("url", ["https://cdn.example.com/v.mp4", "http://8.8.8.8/v.mp4", "s3://media/a/b.mp4"])
+def test_check_source_policy_allows(url: str) -> None:
+    from clipper.jobs.fetch import check_source_policy
+
+    check_source_policy(url, _policy_settings(s3_allow_buckets=("media",)))
+    check_source_policy(url, _policy_settings())  # no bucket list: any bucket
+
+
+def test_s3_endpoint_on_a_metadata_address_is_refused_even_though_settings_are_trusted() -> None:
+    from clipper.jobs.fetch import check_s3_endpoint
+
+    check_s3_endpoint("http://127.0.0.1:8333")  # a private object store is fine
+    check_s3_endpoint(None)
+    with pytest.raises(PermanentError, match="link-local"):
+        check_s3_endpoint("http://169.254.169.254")
