@@ -82,6 +82,19 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def output_record(out: LocalOutput, key: str) -> dict[str, Any]:
+    """What the result and the manifest say of one uploaded output."""
+    record: dict[str, Any] = {"name": out.name, "kind": out.kind, "key": key, "bytes": out.path.stat().st_size,
+                              "sha256": _sha256(out.path), "format": out.format,
+                              "duration": round(out.duration, 3) if out.duration is not None else None,
+                              "width": out.width, "height": out.height}
+    if out.mode:
+        record["mode"] = out.mode
+    if out.note:
+        record["note"] = out.note
+    return record
+
+
 def run_job(spec: JobSpec, ctx: JobContext, attempts: int) -> dict[str, Any]:
     settings = ctx.settings
     timings: dict[str, float] = {}
@@ -129,27 +142,22 @@ def run_job(spec: JobSpec, ctx: JobContext, attempts: int) -> dict[str, Any]:
                 key = f"{base}/{out.path.name}"
                 ctx.control.check()
                 ctx.uploader.upload(out.path, key, {"job-id": spec.id, "name": out.name, "kind": out.kind})
-                record = {"name": out.name, "kind": out.kind, "key": key, "bytes": out.path.stat().st_size,
-                          "sha256": _sha256(out.path), "format": out.format,
-                          "duration": round(out.duration, 3) if out.duration is not None else None,
-                          "width": out.width, "height": out.height}
-                if out.mode:
-                    record["mode"] = out.mode
-                if out.note:
-                    record["note"] = out.note
-                outputs.append(record)
-            manifest = {
-                "id": spec.id,
-                "source": {"url": redact_url(spec.source), "duration": round(info.duration, 3),
-                           "format": info.format_name, "codecs": info.codecs, "bytes": fetched.bytes},
-                "outputs": outputs,
-                "timings": {**timings, "total": round(time.monotonic() - started, 3)},
-                "created_at": round(time.time(), 3),
-            }
-            manifest_path = workdir / "manifest.json"
-            manifest_path.write_text(json.dumps(manifest, indent=2))
-            ctx.uploader.upload(manifest_path, f"{base}/manifest.json", {"job-id": spec.id, "kind": "manifest"})
+                outputs.append(output_record(out, key))
+        # The manifest goes last, so its presence means the set is complete; it carries the same
+        # timings as the result (its own small upload is not counted in either).
         timings["total"] = round(time.monotonic() - started, 3)
+        manifest = {
+            "id": spec.id,
+            "source": {"url": redact_url(spec.source), "duration": round(info.duration, 3),
+                       "format": info.format_name, "codecs": info.codecs, "bytes": fetched.bytes},
+            "outputs": outputs,
+            "timings": timings,
+            "created_at": round(time.time(), 3),
+        }
+        manifest_path = workdir / "manifest.json"
+        manifest_path.write_text(json.dumps(manifest, indent=2))
+        ctx.control.check()
+        ctx.uploader.upload(manifest_path, f"{base}/manifest.json", {"job-id": spec.id, "kind": "manifest"})
         return {"id": spec.id, "status": "done", "attempts": attempts, "outputs": outputs,
                 "manifest": f"{base}/manifest.json", "timings": timings, "error": None}
     finally:

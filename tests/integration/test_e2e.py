@@ -61,6 +61,9 @@ def test_clip_to_directory(clipper: ClipperHarness, http) -> None:
     manifest = json.loads(clipper.output_path("clips/j1/manifest.json").read_text())
     assert manifest["id"] == "j1"
     assert [o["key"] for o in manifest["outputs"]] == ["clips/j1/a.mp4"]
+    # the manifest and the result say the same of the outputs and of the timings
+    assert manifest["outputs"] == result["outputs"] and manifest["timings"] == result["timings"]
+    assert {"fetch", "probe", "clip", "upload", "total"} <= set(result["timings"])
 
     reply = clipper.r.rpop("app:results")
     assert reply is not None, "no result on reply_to"
