@@ -1,11 +1,18 @@
 """The clip stage: one ClipSpec -> one verified file, in mode copy, accurate or smart.
 
-Command builders are pure (`build_copy_command`, `build_encode_command`, `scaled_size`) and
-unit-tested for their exact argv; `make_clip` runs one and verifies the output before
-returning it. Every command seeks on the input side (`-ss` before `-i`): ffmpeg then jumps
+Command builders are pure (`build_copy_command`, `build_encode_command`, `scaled_size`,
+`plan_seek`) and unit-tested for their exact argv; `make_clip` runs one and verifies the
+output before returning it.
+
+Seeking (`plan_seek`): normally on the input side (`-ss` before `-i`): ffmpeg then jumps
 through the index instead of decoding everything before the cut, and with re-encoding it
 still drops the frames before `start` (accurate seek), so the first frame is the one at
-`start` (the first with pts >= start).
+`start` (the first with pts >= start). But an input-side seek lands every stream on the file
+position of the video keyframe at or before `start`; when there is none (the video starts
+after the audio and `start` is before the first video frame) it lands on the first keyframe
+and the audio before it is lost. So a clip from 0 gets no `-ss` at all, and a clip starting
+before the first video frame seeks on the output side (ffmpeg reads from the beginning of
+the file, which is at most up to that first frame).
 
 What players see in `copy` mode: stream copy can only start on a keyframe, so the output
 begins at the keyframe at or before `start`, at most one GOP early, and `-t` ends it at
@@ -14,18 +21,36 @@ that hides that lead-in: players that honour edit lists (ffmpeg, browsers, Quick
 start exactly at `start` and report the requested duration; the few that ignore edit lists
 show up to one GOP of earlier content first. We never pass `-avoid_negative_ts make_zero`,
 which would make the lead-in visible everywhere. Matroska has no edit lists, so an MKV copy
-clip shows the lead-in and lasts up to one GOP longer than asked. Use `smart` or `accurate`
-for frame-exact clips.
+clip shows the lead-in and lasts longer than asked by exactly that much. Verification allows
+that lead-in, measured on the source's packet index (`copy_lead_in`), plus COPY_TOLERANCE;
+a long GOP is never rejected, an output longer than its own lead-in explains is.
+Use `smart` or `accurate` for frame-exact clips.
 
 Which frames a frame-exact clip holds: those with start <= pts < end, where a frame within
 BOUNDARY_SLACK (0.5 ms) of `start` or `end` counts as being at it: times such as 7/30 s cannot
 be written exactly in decimal, and "start at 0.2333" means the frame at 0.23333... The
-accurate encode gets this by seeking to `start - slack` with the same duration; the smart
-cut plans with the same rule.
+accurate encode gets this by seeking to `start - slack` with the same duration, and by
+encoding in the source's time base (`-enc_time_base:v -1`): with the default 1/fps encoder
+time base, frame times are rounded onto that grid before `-t` applies, so when `start` falls
+between frames the frame at `end` would get in. The smart cut plans with the same rule.
 
-Range rules: a clip whose start is at or past the end of the media is a PermanentError; an
-end past the end of the media is clamped to the media's duration (the clip is as long as the
-media allows) and `ClipResult.note` says so.
+Range rules (`resolve_range`): a format with video ends where the video ends
+(`MediaInfo.video_end`; the container's duration is the longest stream's, and audio may run
+on after the picture); audio-only formats end at the end of the media. A clip starting at or
+past that end or after the last video frame, or (with video) ending before the first, is a
+PermanentError; an end past it is clamped (the clip is as long as the media allows) and
+`ClipResult.note` says so. A source whose audio is shorter than the clip gives a clip whose
+audio is as long as the source has in that range (verified per stream).
+
+Pictures: output sizes are computed on the displayed picture (rotation and the sample aspect
+ratio applied, `display_size`), and every scaled picture gets `setsar=1`, so outputs have
+square pixels (GIF players ignore the aspect ratio, and many thumbnail consumers do too). A
+GIF's longer side is capped by `media.gif_max_width` (the name predates portrait sources: it
+is the maximum side).
+
+Threads: `threads` (`workers.ffmpeg_threads`) bounds the decoder (input-side `-threads`), the
+filter graph (`-filter_complex_threads`; ffmpeg-python always writes `-filter_complex`, which
+`-filter_threads` does not reach) and the encoder (output-side `-threads`). 0: ffmpeg's choice.
 """
 
 from __future__ import annotations
@@ -33,13 +58,14 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import ffmpeg
 
 from clipper.errors import PermanentError
 from clipper.jobs.command import JobControl, ffmpeg_base, local_input_options, run_ffmpeg
-from clipper.jobs.probe import MediaInfo, VideoStream
+from clipper.jobs.probe import MediaInfo, Packet, VideoStream, video_packets
 from clipper.jobs.spec import ClipSpec
 from clipper.jobs.verify import verify_output
 from clipper.settings import MediaSettings
@@ -61,10 +87,14 @@ COPY_AUDIO_CODECS: dict[str, frozenset[str]] = {
 
 BOUNDARY_SLACK = 0.0005  # seconds; far below any frame interval (see module doc)
 
-# A copy clip starts at the keyframe before `start`; in MKV that lead-in is visible, so the
-# output may be up to one GOP longer than asked. Encoders put keyframes at most ~10 s apart;
-# the allowance only keeps verification from rejecting long-GOP sources.
-COPY_LEAD_IN_ALLOWANCE = 20.0
+# How far a copy clip's duration may be from the request besides its keyframe lead-in: `-t`
+# overshoots by a couple of frames, and MKV delays the video by the B-frame reorder depth.
+COPY_TOLERANCE = 0.5
+# ffmpeg (ffmpeg_opt.c) aims an input-side seek 3/23 s earlier in containers that seek by DTS
+# (all but the MP4 family, which seek by PTS) when the video has B-frames, so a copy there can
+# start on the keyframe before the one at/before `start`.
+DTS_SEEK_SHIFT = 3 / 23
+PTS_SEEKING_FORMATS = ("mov", "mp4")
 
 
 @dataclass(frozen=True)
@@ -92,14 +122,34 @@ def clip_label(clip: ClipSpec) -> str:
     return f"clip ({clip.name})"
 
 
+def media_end(clip: ClipSpec, source: MediaInfo) -> tuple[float, str]:
+    """Where this clip's media ends and what to call it: the end of the video for formats
+    with video (when the probe knows it), else the end of the media."""
+    if not clip.audio_only and source.video_end is not None:
+        return source.video_end, "video"
+    return source.duration, "media"
+
+
 def resolve_range(clip: ClipSpec, source: MediaInfo) -> ClipRange:
-    """Start at/after the end of the media: permanent error. End past it: clamped, with a note."""
-    if clip.start >= source.duration:
-        raise PermanentError(f"{clip_label(clip)}: start {clip.start:g} s is past the end of the media "
-                             f"({source.duration:.3f} s)")
-    if clip.end > source.duration:
-        note = f"end {clip.end:g} s is past the end of the media; clamped to {source.duration:.3f} s"
-        return ClipRange(clip.start, source.duration, note)
+    """Start at/after the end (see `media_end`), after the last video frame, or an end before
+    the first (no frame would be in the clip): permanent error. End past the end: clamped,
+    with a note."""
+    limit, what = media_end(clip, source)
+    if clip.start >= limit:
+        raise PermanentError(f"{clip_label(clip)}: start {clip.start:g} s is past the end of the {what} "
+                             f"({limit:.3f} s)")
+    if what == "video" and clip.end <= first_video_time(source) + BOUNDARY_SLACK:
+        raise PermanentError(f"{clip_label(clip)}: end {clip.end:g} s is before the video starts "
+                             f"({first_video_time(source):.3f} s)")
+    fps = source.video.fps if source.video else None
+    if what == "video" and fps:
+        last = limit - 1 / float(fps)  # estimated from the frame rate: exact for constant-rate video
+        if clip.start > last + BOUNDARY_SLACK:
+            raise PermanentError(f"{clip_label(clip)}: start {clip.start:g} s is after the last video frame "
+                                 f"(at {last:.3f} s; the video ends at {limit:.3f} s)")
+    if clip.end > limit:
+        note = f"end {clip.end:g} s is past the end of the {what}; clamped to {limit:.3f} s"
+        return ClipRange(clip.start, limit, note)
     return ClipRange(clip.start, clip.end, None)
 
 
@@ -140,36 +190,54 @@ def _even(x: float, limit: int | None = None) -> int:
 
 
 def scaled_size(src_w: int, src_h: int, *, width: int | None = None, height: int | None = None,
-                max_side: int | None = None, max_width: int | None = None, upscale: bool = False) -> tuple[int, int]:
+                max_side: int | None = None, max_width: int | None = None, upscale: bool = False,
+                cap_side: int | None = None) -> tuple[int, int]:
     """Output size keeping the aspect ratio. Targets: `width` and/or `height` (both: fit
     inside the box), `max_side` (the longer side); the smallest scale they ask for wins.
-    Caps that never enlarge: `max_width` (gif) and, unless `upscale`, the source size.
-    Both sides even (4:2:0 chroma needs it) and never above any bound."""
+    Caps that never enlarge: `max_width`, `cap_side` (the longer side; gif) and, unless
+    `upscale`, the source size. Both sides even (4:2:0 chroma needs it) and never above any
+    bound."""
     targets = [t for t in (width and width / src_w, height and height / src_h,
                            max_side and max_side / max(src_w, src_h)) if t]
     scale = min(targets) if targets else 1.0
     if max_width:
         scale = min(scale, max_width / src_w)
+    if cap_side:
+        scale = min(scale, cap_side / max(src_w, src_h))
     if not upscale:
         scale = min(scale, 1.0)
-    w_bounds = [b for b in (width, max_side, max_width) if b] + ([] if upscale else [src_w])
-    h_bounds = [b for b in (height, max_side) if b] + ([] if upscale else [src_h])
+    w_bounds = [b for b in (width, max_side, max_width, cap_side) if b] + ([] if upscale else [src_w])
+    h_bounds = [b for b in (height, max_side, cap_side) if b] + ([] if upscale else [src_h])
     return (_even(src_w * scale, min(w_bounds) if w_bounds else None),
             _even(src_h * scale, min(h_bounds) if h_bounds else None))
 
 
-def display_size(video: VideoStream) -> tuple[int, int]:
-    """Width and height as displayed: ffmpeg rotates frames by the display matrix when it
-    re-encodes, so a 90°/270° source is scaled with its sides swapped."""
+def pixel_size(video: VideoStream) -> tuple[int, int]:
+    """Width and height of the decoded frames as the filter graph gets them: ffmpeg rotates
+    frames by the display matrix when it re-encodes, so a 90°/270° source has its sides swapped."""
     if video.rotation % 180 == 90:
         return video.height, video.width
     return video.width, video.height
 
 
+def display_size(video: VideoStream) -> tuple[int, int]:
+    """Width and height as displayed, in square pixels: the width stretched by the sample
+    aspect ratio (720x480 at 32:27 shows as 853x480, 16:9), then the rotation applied."""
+    width = max(1, round(video.width * Fraction(video.sar)))
+    if video.rotation % 180 == 90:
+        return video.height, width
+    return width, video.height
+
+
+def needs_scale(video: VideoStream, w: int, h: int) -> bool:
+    """Whether frames must go through `scale` (+ `setsar=1`) to come out w x h, square pixels."""
+    return (w, h) != pixel_size(video) or video.sar != 1
+
+
 def output_size(clip: ClipSpec, video: VideoStream, media: MediaSettings) -> tuple[int, int]:
     w, h = display_size(video)
-    max_width = media.gif_max_width if clip.format == "gif" else None
-    return scaled_size(w, h, width=clip.width, height=clip.height, max_side=clip.max, max_width=max_width,
+    cap_side = media.gif_max_width if clip.format == "gif" else None  # the longer side (module doc)
+    return scaled_size(w, h, width=clip.width, height=clip.height, max_side=clip.max, cap_side=cap_side,
                        upscale=clip.upscale)
 
 
@@ -181,15 +249,48 @@ def seconds_arg(seconds: float) -> str:
     return text or "0"
 
 
-def seek_input(src: Path, start: float | str, read: float | None = None) -> ffmpeg.nodes.FilterableStream:
+def seek_input(src: Path, start: float | str | None, read: float | None = None, *,
+               threads: int = 0) -> ffmpeg.nodes.FilterableStream:
     """The source as an ffmpeg-python input: input-side seek (`-ss` before `-i`, so ffmpeg
-    jumps through the index) and the local-file whitelists. `start` in seconds, or already
-    formatted; `read`: input-side `-t`, seconds of the input to read at most."""
+    jumps through the index; None: no seek) and the local-file whitelists. `start` in seconds,
+    or already formatted; `read`: input-side `-t`, seconds of the input to read at most;
+    `threads` > 0: input-side `-threads N`, which bounds the decoder's threads (the
+    output-side `-threads` only bounds the encoder's)."""
     opts = local_input_options()
     kwargs: dict[str, object] = dict(zip((o.lstrip("-") for o in opts[::2]), opts[1::2], strict=True))
+    if start is not None:
+        kwargs["ss"] = start if isinstance(start, str) else seconds_arg(start)
     if read is not None:
         kwargs["t"] = seconds_arg(read)
-    return ffmpeg.input(str(src), ss=start if isinstance(start, str) else seconds_arg(start), **kwargs)
+    if threads > 0:
+        kwargs["threads"] = threads
+    return ffmpeg.input(str(src), **kwargs)
+
+
+@dataclass(frozen=True)
+class Seek:
+    """Where a command seeks: `input` (before `-i`) or `output` (after it), at most one."""
+
+    input: float | None
+    output: float | None
+
+
+def first_video_time(source: MediaInfo) -> float:
+    """Clip time of the first video frame (0 when unknown or audio only)."""
+    v = source.video
+    if v is None or v.start_time is None:
+        return 0.0
+    return max(0.0, v.start_time - source.start_time)
+
+
+def plan_seek(source: MediaInfo, start: float) -> Seek:
+    """No seek from 0; output-side before the first video frame, input-side otherwise (see
+    the module doc: an input-side seek there would lose the audio before the video)."""
+    if start <= 0:
+        return Seek(None, None)
+    if start < first_video_time(source):
+        return Seek(None, start)
+    return Seek(start, None)
 
 
 def ffmpeg_argv(*streams: object, out: Path, **kwargs: object) -> list[str]:
@@ -199,13 +300,16 @@ def ffmpeg_argv(*streams: object, out: Path, **kwargs: object) -> list[str]:
 def build_copy_command(src: Path, source: MediaInfo, fmt: str, start: float, duration: float, out: Path) -> list[str]:
     """Stream copy of the first video and first audio stream (by index, so cover art that
     ffprobe lists as a video stream is never picked), keyframe-aligned (see module doc)."""
-    inp = seek_input(src, start)
+    seek = plan_seek(source, start)
+    inp = seek_input(src, seek.input)
     streams = []
     if source.video is not None and fmt != "m4a":
         streams.append(inp[str(source.video.index)])
     if source.audio is not None:
         streams.append(inp[str(source.audio.index)])
     opts: dict[str, object] = {"c": "copy", "t": seconds_arg(duration), "format": MUXERS[fmt]}
+    if seek.output is not None:
+        opts["ss"] = seconds_arg(seek.output)
     if fmt in FASTSTART_FORMATS:
         opts["movflags"] = "+faststart"
     if fmt == "mp4" and source.video is not None and source.video.codec == "hevc" and fmt != "m4a":
@@ -231,36 +335,52 @@ def build_encode_command(src: Path, source: MediaInfo, clip: ClipSpec, start: fl
                          media: MediaSettings, out: Path, *, threads: int = 0) -> list[str]:
     """Re-encode `duration` seconds from `start` (frame-exact) into the clip's format."""
     fmt = clip.format
-    inp = seek_input(src, start)
+    seek = plan_seek(source, start)
+    inp = seek_input(src, seek.input, threads=threads)
     opts: dict[str, object] = {"t": seconds_arg(duration), "format": MUXERS[fmt]}
+    if seek.output is not None:
+        opts["ss"] = seconds_arg(seek.output)
     streams = []
+    filtered = False
     if not clip.audio_only:
         assert source.video is not None
         video = inp[str(source.video.index)]
         w, h = output_size(clip, source.video, media)
         if fmt == "gif":
             # one graph: the palette is computed from the clip itself, then applied
-            video = video.filter("fps", media.gif_fps).filter("scale", w, h, flags="lanczos")
+            video = video.filter("fps", media.gif_fps).filter("scale", w, h, flags="lanczos").filter("setsar", 1)
             split = video.split()
             palette = split[0].filter("palettegen", stats_mode="diff")
             video = ffmpeg.filter([split[1], palette], "paletteuse", dither="bayer", bayer_scale=5)
+            filtered = True
         else:
-            if (w, h) != display_size(source.video):
-                video = video.filter("scale", w, h)
+            if needs_scale(source.video, w, h):
+                video = video.filter("scale", w, h).filter("setsar", 1)
+                filtered = True
             opts.update(video_encoder_options(fmt, media))
+        # the source's time base, not 1/fps: frame times must not be rounded before -t (module doc)
+        opts["enc_time_base:v"] = -1
+        # never duplicate or drop frames to fit a constant rate (the mp4 default): a source
+        # whose video starts after its audio would get a duplicated first frame
+        opts["fps_mode"] = "passthrough"
         streams.append(video)
     if source.audio is not None and fmt != "gif":
         streams.append(inp[str(source.audio.index)])
         opts.update(audio_encoder_options(fmt, media))
     if fmt in FASTSTART_FORMATS:
         opts["movflags"] = "+faststart"
-    if not clip.audio_only:
-        # never duplicate or drop frames to fit a constant rate (the mp4 default): a source
-        # whose video starts after its audio would get a duplicated first frame
-        opts["fps_mode"] = "passthrough"
-    if threads:
-        opts["threads"] = threads
+    opts.update(output_thread_options(threads, filtered=filtered))
     return ffmpeg_argv(*streams, out=out, **opts)
+
+
+def output_thread_options(threads: int, *, filtered: bool) -> dict[str, object]:
+    """Output-side thread bounds (the decoder's is on the input, see `seek_input`)."""
+    if threads <= 0:
+        return {}
+    opts: dict[str, object] = {"threads": threads}
+    if filtered:
+        opts["filter_complex_threads"] = threads  # a global option: ffmpeg takes it anywhere
+    return opts
 
 
 # -- running ---------------------------------------------------------------------------------
@@ -281,6 +401,49 @@ def frame_tolerance(source: MediaInfo, fmt: str, media: MediaSettings) -> float:
     fps = source.video.fps if source.video and source.video.fps else 25
     frame = 1 / media.gif_fps if fmt == "gif" else 1 / float(fps)
     return frame + 0.06
+
+
+def copy_seek_target(source: MediaInfo, start: float) -> float:
+    """Where ffmpeg aims an input-side seek for `start` (see DTS_SEEK_SHIFT)."""
+    v = source.video
+    by_pts = any(f in source.format_name.split(",") for f in PTS_SEEKING_FORMATS)
+    return start if by_pts or v is None or not v.has_b_frames else start - DTS_SEEK_SHIFT
+
+
+def lead_in_from_packets(packets: list[Packet], target: float, start: float) -> float:
+    """Seconds from the keyframe a copy cut lands on (the last at/before `target`; the first
+    keyframe when none is) to `start`; all on the packets' clock (pure)."""
+    keys = [p.pts for p in packets if p.keyframe]
+    before = [k for k in keys if k <= target + BOUNDARY_SLACK]
+    key = max(before) if before else (keys[0] if keys and keys[0] <= start else None)
+    return max(0.0, start - key) if key is not None else 0.0
+
+
+def copy_lead_in(src: Path, source: MediaInfo, start: float, *, control: JobControl) -> float:
+    """The lead-in a copy clip from `start` carries (module doc), from the packet index
+    (~0.1 s); 0 when the copy does not seek on the input side."""
+    if source.video is None or plan_seek(source, start).input is None:
+        return 0.0
+    target = copy_seek_target(source, start) + source.start_time  # packet times are on the container clock
+    packets = video_packets(src, target, start + source.start_time + 0.1, control=control)
+    return lead_in_from_packets(packets, target, start + source.start_time)
+
+
+def covered(stream_start: float | None, stream_duration: float | None, source: MediaInfo, start: float,
+            end: float) -> float | None:
+    """Seconds of [start, end) (clip time) a source stream covers; None when unknown."""
+    if stream_duration is None:
+        return None
+    first = (stream_start if stream_start is not None else source.start_time) - source.start_time
+    return max(0.0, min(end, first + stream_duration) - max(start, first))
+
+
+def expected_stream_lengths(source: MediaInfo, start: float, end: float) -> tuple[float | None, float | None]:
+    """(video, audio): how long each output stream must be, i.e. how much of the range the
+    source's stream covers, so a source whose audio is shorter than the clip is no failure."""
+    v, a = source.video, source.audio
+    return (covered(v.start_time, v.duration, source, start, end) if v else None,
+            covered(a.start_time, a.duration, source, start, end) if a else None)
 
 
 def finish(tmp: Path, final: Path) -> Path:
@@ -322,18 +485,26 @@ def make_clip(src: Path, source: MediaInfo, clip: ClipSpec, out_dir: Path, media
         if mode == "copy":
             cmd = build_copy_command(src, source, clip.format, rng.start, rng.duration, tmp)
             run_ffmpeg(cmd, what=f"{clip_label(clip)} copy", timeout=timeout, control=control)
-            tolerance, overshoot = 0.5, COPY_LEAD_IN_ALLOWANCE
+            lead_in = copy_lead_in(src, source, rng.start, control=control)
+            tolerance, overshoot = COPY_TOLERANCE, lead_in + COPY_TOLERANCE
         else:
             cmd = build_encode_command(src, source, clip, max(0.0, rng.start - BOUNDARY_SLACK), rng.duration, media,
                                        tmp, threads=threads)
             run_ffmpeg(cmd, what=f"{clip_label(clip)} encode", timeout=timeout, control=control)
             tolerance, overshoot = frame_tolerance(source, clip.format, media), None
         vcodec, acodec = expected_codecs(clip.format, mode, source)
-        size = output_size(clip, source.video, media) if mode != "copy" and vcodec else (None, None)
+        reencoded = mode != "copy" and vcodec is not None
+        size = output_size(clip, source.video, media) if reencoded else (None, None)
+        video_len, audio_len = expected_stream_lengths(source, rng.start, rng.end)
+        expect_audio: bool | None = acodec is not None and source.audio is not None
+        if expect_audio and audio_len is not None and audio_len <= tolerance:
+            expect_audio = None  # the source's audio ends before the clip (or starts after it)
         info = verify_output(
-            tmp, expect_video=vcodec is not None, expect_audio=acodec is not None and source.audio is not None,
+            tmp, expect_video=vcodec is not None, expect_audio=expect_audio,
             duration=rng.duration, tolerance=tolerance, overshoot=overshoot, width=size[0], height=size[1],
-            codec=vcodec, audio_codec=acodec if source.audio else None, control=control, what=clip_label(clip),
+            codec=vcodec, audio_codec=acodec if source.audio else None, square_pixels=reencoded,
+            video_duration=video_len if vcodec else None, audio_duration=audio_len if acodec else None,
+            control=control, what=clip_label(clip),
         )
         return ClipResult(finish(tmp, final), info, mode, "; ".join(notes) or None)
     finally:

@@ -7,11 +7,18 @@ Sizing (`thumb_size`, pure):
   image is as large as the box allows and its real size is reported (letterboxing is the
   client's business, and a padded image would bake a background colour into it);
 - only one of them: the other follows the aspect ratio; neither: the source's size.
-A thumbnail is made at the size asked for, enlarging a smaller source if need be.
+A thumbnail is made at the size asked for, enlarging a smaller source if need be. Sizes are
+computed on the displayed picture (sample aspect ratio and rotation applied, see
+clip.display_size) and the image has square pixels (`setsar=1`): image viewers ignore the
+aspect ratio, so a 720x480 16:9 source gives a 853x480 thumbnail, not a squeezed 720x480.
 
-`at` at or past the end of the media, or a source without video, is a PermanentError:
-never a black frame. When `at` falls after the last video frame but before the end of the
-media (audio a little longer than video), the last frame, the one on screen at `at`, is used.
+`at` at or past the end of the video (`MediaInfo.video_end`; the end of the media when the
+probe does not know it), or a source without video, is a PermanentError: never a black frame,
+even when the audio runs on. When `at` falls after the last video frame but before the end of
+the video, the last frame, the one on screen at `at`, is used.
+
+`threads` (`workers.ffmpeg_threads`) bounds the decoder, the filter graph and the encoder, as
+for clips (see clip's module doc).
 """
 
 from __future__ import annotations
@@ -21,7 +28,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clipper.errors import PermanentError
-from clipper.jobs.clip import BOUNDARY_SLACK, display_size, ffmpeg_argv, seconds_arg, seek_input
+from clipper.jobs.clip import (
+    BOUNDARY_SLACK,
+    display_size,
+    ffmpeg_argv,
+    needs_scale,
+    output_thread_options,
+    seconds_arg,
+    seek_input,
+)
 from clipper.jobs.command import JobControl, run_ffmpeg
 from clipper.jobs.probe import MediaInfo
 from clipper.jobs.spec import ThumbSpec
@@ -85,7 +100,7 @@ def encoder_options(fmt: str, quality: int) -> dict[str, object]:
 
 
 def build_thumbnail_command(src: Path, source: MediaInfo, thumb: ThumbSpec, out: Path, *,
-                            last_frame: bool = False) -> list[str]:
+                            last_frame: bool = False, threads: int = 0) -> list[str]:
     """One frame at `thumb.at` (input-side seek, decoded exactly to `at`). With `last_frame`
     the seek goes LAST_FRAME_WINDOW earlier and every frame overwrites the image
     (`-update 1`), leaving the last frame before the end of the video."""
@@ -94,10 +109,11 @@ def build_thumbnail_command(src: Path, source: MediaInfo, thumb: ThumbSpec, out:
     geo = thumb_size(w, h, thumb.width, thumb.height, thumb.fit)
     at = max(0.0, thumb.at - BOUNDARY_SLACK)  # the frame at `at` even if `at` was rounded
     start = max(0.0, at - LAST_FRAME_WINDOW) if last_frame else at
-    inp = seek_input(src, start)
+    inp = seek_input(src, start, threads=threads)
     video = inp[str(source.video.index)]
-    if (geo.scale_w, geo.scale_h) != (w, h):
-        video = video.filter("scale", geo.scale_w, geo.scale_h, flags="lanczos")
+    filtered = needs_scale(source.video, geo.scale_w, geo.scale_h) or geo.cropped
+    if needs_scale(source.video, geo.scale_w, geo.scale_h):
+        video = video.filter("scale", geo.scale_w, geo.scale_h, flags="lanczos").filter("setsar", 1)
     if geo.cropped:
         video = video.filter("crop", geo.width, geo.height)  # centred by default
     opts: dict[str, object] = {"format": "image2", "update": 1, **encoder_options(thumb.format, thumb.quality)}
@@ -105,16 +121,27 @@ def build_thumbnail_command(src: Path, source: MediaInfo, thumb: ThumbSpec, out:
         opts["t"] = seconds_arg(at - start + LAST_FRAME_WINDOW)
     else:
         opts["frames:v"] = 1
+    opts.update(output_thread_options(threads, filtered=filtered))
     return ffmpeg_argv(video, out=out, **opts)
 
 
-def make_thumbnail(src: Path, source: MediaInfo, thumb: ThumbSpec, out_dir: Path, *,
-                   control: JobControl, timeout: float) -> ThumbResult:
+def check_thumbnail(thumb: ThumbSpec, source: MediaInfo) -> None:
+    """PermanentError when this media cannot give the thumbnail: no video, or `at` at/after the
+    end of the video (not a black frame). Pure; the pipeline checks every output before any work."""
     label = f"thumbnail ({thumb.name})"
     if source.video is None:
         raise PermanentError(f"{label}: the source has no video")
-    if thumb.at >= source.duration:
-        raise PermanentError(f"{label}: at {thumb.at:g} s is past the end of the media ({source.duration:.3f} s)")
+    end, what = (source.video_end, "video") if source.video_end is not None else (source.duration, "media")
+    if thumb.at >= end:
+        raise PermanentError(f"{label}: at {thumb.at:g} s is past the end of the {what} ({end:.3f} s)")
+
+
+def make_thumbnail(src: Path, source: MediaInfo, thumb: ThumbSpec, out_dir: Path, *,
+                   control: JobControl, timeout: float, threads: int = 0) -> ThumbResult:
+    """Produce `<out_dir>/<name>.<ext>`, verified with ffprobe. `threads`: the pipeline passes
+    `workers.ffmpeg_threads` (0: ffmpeg's choice)."""
+    check_thumbnail(thumb, source)
+    label = f"thumbnail ({thumb.name})"
     ext = EXTENSIONS[thumb.format]
     final = out_dir / f"{thumb.name}.{ext}"
     tmp = out_dir / f".{thumb.name}.part.{ext}"
@@ -122,17 +149,16 @@ def make_thumbnail(src: Path, source: MediaInfo, thumb: ThumbSpec, out_dir: Path
     geo = thumb_size(w, h, thumb.width, thumb.height, thumb.fit)
     try:
         try:
-            run_ffmpeg(build_thumbnail_command(src, source, thumb, tmp), what=label, timeout=timeout, control=control)
+            run_ffmpeg(build_thumbnail_command(src, source, thumb, tmp, threads=threads), what=label,
+                       timeout=timeout, control=control)
         except PermanentError as exc:
             if "Empty output" not in str(exc):
                 raise
             # no video frame at or after `at` (-abort_on empty_output): take the last one before it
-            run_ffmpeg(build_thumbnail_command(src, source, thumb, tmp, last_frame=True), what=label,
+            run_ffmpeg(build_thumbnail_command(src, source, thumb, tmp, last_frame=True, threads=threads), what=label,
                        timeout=timeout, control=control)
         verify_image(tmp, width=geo.width, height=geo.height, codec=CODECS[thumb.format], control=control, what=label)
         os.replace(tmp, final)
         return ThumbResult(final, geo.width, geo.height, thumb.format)
     finally:
         tmp.unlink(missing_ok=True)
-
-

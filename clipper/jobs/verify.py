@@ -7,16 +7,25 @@ functions that run ffprobe are thin. A missing, empty or unreadable output is a
 `retry.max_attempts`); an output that is readable but wrong (a stream missing, too short,
 wrong size or codec) is a `PermanentError`, since the same command on the same media
 would produce it again.
+
+Besides the container's duration, each expected stream's own duration is checked against
+how long it should be (`video_duration`, `audio_duration`: what the source has in the clip's
+range): the container's duration is the longest stream's, so it hides an audio stream that
+lost its first second. Matroska keeps a track's duration only in its DURATION tag, which
+`probe_output` reads when the stream has no duration of its own.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 from pathlib import Path
+from typing import Any
 
 from clipper.errors import PermanentError, TransientError
 from clipper.jobs.command import JobControl, local_input_options, run_command
-from clipper.jobs.probe import PROBE_TIMEOUT, MediaInfo, media_info_from_json, probe_media
+from clipper.jobs.probe import PROBE_TIMEOUT, MediaInfo, media_info_from_json
 
 # Demuxers that may read back what we wrote (our outputs are trusted, but the whitelist stays
 # narrow all the same).
@@ -24,11 +33,24 @@ OUTPUT_FORMAT_WHITELIST = "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,gif,mp3"
 IMAGE_FORMAT_WHITELIST = "image2,jpeg_pipe,png_pipe,webp_pipe"
 
 
+def _bounds(tolerance: float, above: float) -> str:
+    return f"±{tolerance:g}" if above == tolerance else f"-{tolerance:g}/+{above:g}"
+
+
+def _stream_duration_problem(kind: str, got: float | None, expected: float | None, tolerance: float,
+                             above: float) -> str | None:
+    if got is None or expected is None or expected - tolerance <= got <= expected + above:
+        return None
+    off = got - expected
+    return (f"{kind} stream lasts {got:.3f} s vs {expected:.3f} s expected {_bounds(tolerance, above)} "
+            f"({abs(off):.3f} s {'short' if off < 0 else 'long'})")
+
+
 def check_media(
     info: MediaInfo,
     *,
     expect_video: bool,
-    expect_audio: bool,
+    expect_audio: bool | None,
     duration: float | None,
     tolerance: float,
     overshoot: float | None = None,
@@ -36,34 +58,72 @@ def check_media(
     height: int | None = None,
     codec: str | None = None,
     audio_codec: str | None = None,
+    square_pixels: bool = False,
+    video_duration: float | None = None,
+    audio_duration: float | None = None,
 ) -> list[str]:
-    """What is wrong with `info` (empty when nothing). `duration` ± `tolerance`; when
+    """What is wrong with `info` (empty when nothing). `expect_audio` None: an audio stream
+    may be there or not (the source has no audio in the clip's range). `duration` ± `tolerance`; when
     `overshoot` is given it replaces `tolerance` above the expected duration (None in
-    `overshoot` with a duration means: the same as tolerance)."""
+    `overshoot` with a duration means: the same as tolerance). `video_duration` and
+    `audio_duration` (None: not checked, nor when the output does not say) are checked with
+    the same bounds against each stream's own duration; `square_pixels`: a sample aspect
+    ratio other than 1:1 is a problem."""
     problems: list[str] = []
+    above = tolerance if overshoot is None else overshoot
     if expect_video and info.video is None:
         problems.append("no video stream")
     if not expect_video and info.video is not None:
         problems.append(f"an unexpected video stream ({info.video.codec})")
     if expect_audio and info.audio is None:
         problems.append("no audio stream")
-    if not expect_audio and info.audio is not None:
+    if expect_audio is False and info.audio is not None:
         problems.append(f"an unexpected audio stream ({info.audio.codec})")
     if duration is not None:
-        above = tolerance if overshoot is None else overshoot
         if info.duration < duration - tolerance or info.duration > duration + above:
-            bounds = f"±{tolerance:g}" if above == tolerance else f"-{tolerance:g}/+{above:g}"
-            problems.append(f"duration {info.duration:.3f} s vs {duration:.3f} s expected {bounds}")
+            problems.append(f"duration {info.duration:.3f} s vs {duration:.3f} s expected {_bounds(tolerance, above)}")
     v = info.video
     if v is not None:
         if width is not None and v.width != width or height is not None and v.height != height:
             problems.append(f"dimensions {v.width}x{v.height} vs {width or v.width}x{height or v.height} expected")
+        if square_pixels and v.sar != 1:
+            problems.append(f"sample aspect ratio {v.sar.numerator}:{v.sar.denominator} vs 1:1 expected")
         if codec is not None and v.codec != codec:
             problems.append(f"video codec {v.codec} vs {codec} expected")
+        problem = _stream_duration_problem("video", v.duration, video_duration, tolerance, above)
+        if problem:
+            problems.append(problem)
     a = info.audio
-    if a is not None and audio_codec is not None and a.codec != audio_codec:
-        problems.append(f"audio codec {a.codec} vs {audio_codec} expected")
+    if a is not None:
+        if audio_codec is not None and a.codec != audio_codec:
+            problems.append(f"audio codec {a.codec} vs {audio_codec} expected")
+        problem = _stream_duration_problem("audio", a.duration, audio_duration, tolerance, above)
+        if problem:
+            problems.append(problem)
     return problems
+
+
+MATROSKA_DURATION_RE = re.compile(r"^(\d+):(\d{2}):(\d{2}(?:\.\d+)?)$")
+
+
+def tag_duration(stream: dict[str, Any]) -> float | None:
+    """A Matroska track's DURATION tag ("00:00:05.213000000") in seconds, or None."""
+    tags = {k.upper(): v for k, v in (stream.get("tags") or {}).items()}
+    m = MATROSKA_DURATION_RE.match(str(tags.get("DURATION", "")).strip())
+    return int(m[1]) * 3600 + int(m[2]) * 60 + float(m[3]) if m else None
+
+
+def output_info_from_json(data: dict[str, Any]) -> MediaInfo:
+    """ffprobe JSON of an output -> MediaInfo, stream durations filled from DURATION tags when
+    the stream has none (Matroska/WebM) (pure)."""
+    info = media_info_from_json(data)
+    by_index = {int(s.get("index", -1)): s for s in data.get("streams") or []}
+    video, audio = info.video, info.audio
+    if video is not None and video.duration is None:
+        video = dataclasses.replace(video, duration=tag_duration(by_index.get(video.index, {})))
+    if audio is not None and audio.duration is None:
+        audio = dataclasses.replace(audio, duration=tag_duration(by_index.get(audio.index, {})))
+    return dataclasses.replace(info, video=video, audio=audio)
 
 
 def _check_file(path: Path, what: str) -> None:
@@ -75,11 +135,34 @@ def _check_file(path: Path, what: str) -> None:
         raise TransientError(f"{what}: ffmpeg wrote an empty output file")
 
 
+def probe_output(path: Path, *, control: JobControl | None, what: str) -> MediaInfo:
+    """ffprobe an output we wrote; unreadable (no stream, no duration) is a TransientError."""
+    result = run_command(
+        ["ffprobe", "-v", "error", *local_input_options(OUTPUT_FORMAT_WHITELIST), "-show_format", "-show_streams",
+         "-of", "json", str(path)],
+        what=f"check of {what}", timeout=PROBE_TIMEOUT, control=control, capture_stdout=True, check=False,
+    )
+    reason = result.stderr_tail.splitlines()[-1] if result.stderr_tail else f"ffprobe exit {result.returncode}"
+    info = None
+    if result.returncode == 0:
+        try:
+            info = output_info_from_json(json.loads(result.stdout or b"{}"))
+        except ValueError as exc:
+            reason = f"ffprobe output unreadable: {exc}"
+    if info is not None and info.video is None and info.audio is None:
+        info, reason = None, "no audio or video stream"
+    if info is not None and info.duration <= 0:
+        info, reason = None, "no duration"
+    if info is None:
+        raise TransientError(f"{what}: the output is unreadable: {reason}")
+    return info
+
+
 def verify_output(
     path: Path,
     *,
     expect_video: bool,
-    expect_audio: bool,
+    expect_audio: bool | None,
     duration: float | None,
     tolerance: float,
     width: int | None = None,
@@ -87,19 +170,21 @@ def verify_output(
     codec: str | None = None,
     audio_codec: str | None = None,
     overshoot: float | None = None,
+    square_pixels: bool = False,
+    video_duration: float | None = None,
+    audio_duration: float | None = None,
     control: JobControl | None = None,
     what: str = "output",
 ) -> MediaInfo:
-    """Probe a clip we wrote and raise unless it has the expected streams, duration,
-    dimensions and codecs; returns the probe for the result record."""
+    """Probe a clip we wrote and raise unless it has the expected streams, durations (the
+    container's and, when given, each stream's), dimensions and codecs; returns the probe for
+    the result record."""
     _check_file(path, what)
-    try:
-        info = probe_media(path, control=control, what=f"check of {what}", format_whitelist=OUTPUT_FORMAT_WHITELIST)
-    except PermanentError as exc:
-        raise TransientError(f"{what}: the output is unreadable: {exc}") from None
+    info = probe_output(path, control=control, what=what)
     problems = check_media(info, expect_video=expect_video, expect_audio=expect_audio, duration=duration,
                            tolerance=tolerance, overshoot=overshoot, width=width, height=height, codec=codec,
-                           audio_codec=audio_codec)
+                           audio_codec=audio_codec, square_pixels=square_pixels, video_duration=video_duration,
+                           audio_duration=audio_duration)
     if problems:
         raise PermanentError(f"{what}: bad output: {'; '.join(problems)}")
     return info
@@ -124,7 +209,7 @@ def verify_image(
         reason = result.stderr_tail.splitlines()[-1] if result.stderr_tail else "no image stream"
         raise TransientError(f"{what}: the output is unreadable: {reason}")
     problems = check_media(info, expect_video=True, expect_audio=False, duration=None, tolerance=0,
-                           width=width, height=height, codec=codec)
+                           width=width, height=height, codec=codec, square_pixels=True)
     if problems:
         raise PermanentError(f"{what}: bad output: {'; '.join(problems)}")
     return info

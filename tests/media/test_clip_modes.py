@@ -148,7 +148,7 @@ def test_audio_only_source_to_audio_formats(sources, tmp_path: Path, media, cont
 # -- errors ------------------------------------------------------------------------------------
 
 def test_start_past_the_end_is_permanent(sources, tmp_path: Path, media, control) -> None:
-    with pytest.raises(PermanentError, match=r"start 100 s is past the end of the media \(12.000 s\)"):
+    with pytest.raises(PermanentError, match=r"start 100 s is past the end of the video \(12.000 s\)"):
         clip(sources["gop2"], 100, 110, tmp_path, media, control, mode="copy")
 
 

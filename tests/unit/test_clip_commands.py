@@ -12,9 +12,13 @@ from clipper.jobs.clip import (
     build_copy_command,
     build_encode_command,
     copy_obstacle,
+    display_size,
+    ffmpeg_argv,
+    output_size,
     resolve_range,
     scaled_size,
     seconds_arg,
+    seek_input,
 )
 from clipper.jobs.command import SOURCE_FORMAT_WHITELIST
 from clipper.jobs.probe import AudioStream, MediaInfo, VideoStream
@@ -34,17 +38,22 @@ def video(codec: str = "h264", w: int = 1280, h: int = 720, index: int = 0, **kw
     return VideoStream(**fields)
 
 
-def media(v: VideoStream | None = None, a: str | None = "aac", duration: float = 30.0) -> MediaInfo:
-    audio = AudioStream(index=1 if v else 0, codec=a, profile="LC", sample_rate=48000, channels=2) if a else None
-    return MediaInfo("mov,mp4,m4a,3gp,3g2,mj2", duration, 1000, v, audio, int(v is not None), int(audio is not None))
+def media(v: VideoStream | None = None, a: str | None = "aac", duration: float = 30.0,
+          fmt: str = "mov,mp4,m4a,3gp,3g2,mj2", audio_start: float | None = None,
+          audio_duration: float | None = None, start_time: float = 0.0) -> MediaInfo:
+    audio = AudioStream(index=1 if v else 0, codec=a, profile="LC", sample_rate=48000, channels=2,
+                        start_time=audio_start, duration=audio_duration) if a else None
+    return MediaInfo(fmt, duration, 1000, v, audio, int(v is not None), int(audio is not None), start_time)
 
 
 def clip(fmt: str = "mp4", mode: str = "accurate", start: float = 5.5, end: float = 15.5, **kw) -> ClipSpec:
     return ClipSpec("a", start, end, mode, fmt, **kw)
 
 
-def inputs(start: str) -> list[str]:
-    return ["-format_whitelist", SOURCE_FORMAT_WHITELIST, "-protocol_whitelist", "file", "-ss", start, "-i", str(SRC)]
+def inputs(start: str | None, threads: int = 0) -> list[str]:
+    return ["-format_whitelist", SOURCE_FORMAT_WHITELIST, "-protocol_whitelist", "file",
+            *(["-ss", start] if start is not None else []), *(["-threads", str(threads)] if threads else []),
+            "-i", str(SRC)]
 
 
 def test_copy_mp4_exact_argv() -> None:
@@ -55,7 +64,8 @@ def test_copy_mp4_exact_argv() -> None:
 
 def test_copy_mkv_has_no_faststart_and_m4a_drops_video() -> None:
     mkv = build_copy_command(SRC, media(video()), "mkv", 0, 2.25, OUT)
-    assert mkv[len(BASE):] == [*inputs("0"), "-map", "0:0", "-map", "0:1", "-f", "matroska", "-c", "copy",
+    # from 0: no -ss at all (an input-side seek can lose audio before the first video keyframe)
+    assert mkv[len(BASE):] == [*inputs(None), "-map", "0:0", "-map", "0:1", "-f", "matroska", "-c", "copy",
                                "-t", "2.25", str(OUT)]
     m4a = build_copy_command(SRC, media(video()), "m4a", 1, 2, OUT)
     assert m4a[len(BASE):] == [*inputs("1"), "-map", "0:1", "-f", "ipod", "-c", "copy", "-movflags", "+faststart",
@@ -88,17 +98,19 @@ def test_seconds_arg_has_no_float_noise() -> None:
 def test_encode_mp4_exact_argv() -> None:
     m = MediaSettings()
     cmd = build_encode_command(SRC, media(video()), clip(), 5.5, 10, m, OUT, threads=2)
-    assert cmd == [*BASE, *inputs("5.5"), "-map", "0:0", "-map", "0:1",
-                   "-f", "mp4", "-b:a", "128k", "-c:a", "aac", "-c:v", "libx264", "-crf", "20", "-fps_mode", "passthrough",
+    # -threads on the input bounds the decoder, on the output the encoder; no filter graph here
+    assert cmd == [*BASE, *inputs("5.5", threads=2), "-map", "0:0", "-map", "0:1",
+                   "-f", "mp4", "-b:a", "128k", "-c:a", "aac", "-c:v", "libx264", "-crf", "20",
+                   "-enc_time_base:v", "-1", "-fps_mode", "passthrough",
                    "-movflags", "+faststart", "-pix_fmt", "yuv420p", "-preset", "veryfast", "-t", "10",
                    "-threads", "2", str(OUT)]
 
 
 def test_encode_with_resize_uses_a_filter_graph() -> None:
     cmd = build_encode_command(SRC, media(video()), clip(height=360), 0, 1, MediaSettings(), OUT)
-    assert cmd[cmd.index("-filter_complex") + 1] == "[0:0]scale=640:360[s0]"
-    assert cmd[cmd.index("-map"):cmd.index("-map") + 4] == ["-map", "[s0]", "-map", "0:1"]
-    assert "-threads" not in cmd  # 0: ffmpeg's choice
+    assert cmd[cmd.index("-filter_complex") + 1] == "[0:0]scale=640:360[s0];[s0]setsar=1[s1]"
+    assert cmd[cmd.index("-map"):cmd.index("-map") + 4] == ["-map", "[s1]", "-map", "0:1"]
+    assert "-threads" not in cmd and "-filter_complex_threads" not in cmd  # 0: ffmpeg's choice
 
 
 def test_encode_webm_vp9_opus_realtime() -> None:
@@ -113,8 +125,9 @@ def test_encode_gif_palette_in_one_graph_capped_width_no_audio() -> None:
     m = MediaSettings(gif_fps=12, gif_max_width=480)
     cmd = build_encode_command(SRC, media(video()), clip("gif"), 0, 3, m, OUT)
     assert cmd[cmd.index("-filter_complex") + 1] == (
-        "[0:0]fps=12[s0];[s0]scale=480:270:flags=lanczos[s1];[s1]split=2[s2][s3];"
-        "[s2]palettegen=stats_mode=diff[s4];[s3][s4]paletteuse=bayer_scale=5:dither=bayer[s5]")
+        "[0:0]fps=12[s0];[s0]scale=480:270:flags=lanczos[s1];[s1]setsar=1[s2];[s2]split=2[s3][s4];"
+        "[s3]palettegen=stats_mode=diff[s5];[s4][s5]paletteuse=bayer_scale=5:dither=bayer[s6]")
+    assert cmd[cmd.index("-enc_time_base:v") + 1] == "-1"
     assert cmd.count("-map") == 1 and "-c:a" not in cmd and cmd[cmd.index("-f") + 1] == "gif"
 
 
@@ -141,6 +154,10 @@ def test_encode_audio_only_formats(fmt: str, codec: str, muxer: str) -> None:
     ((320, 180), {"max_width": 480, "upscale": True}, (320, 180)),  # a cap never enlarges
     ((1280, 720), {"width": 1000, "max_side": 640}, (640, 360)),
     ((4, 2), {"width": 1}, (2, 2)),                        # at least 2x2
+    ((1080, 1920), {"cap_side": 480}, (270, 480)),         # gif: the longer side is capped...
+    ((1920, 1080), {"cap_side": 480}, (480, 270)),
+    ((320, 180), {"cap_side": 480}, (320, 180)),           # ...never enlarged
+    ((1080, 1920), {"width": 540, "cap_side": 480}, (270, 480)),
 ])
 def test_scaled_size(src: tuple[int, int], kw: dict, expected: tuple[int, int]) -> None:
     w, h = scaled_size(*src, **kw)
@@ -150,7 +167,7 @@ def test_scaled_size(src: tuple[int, int], kw: dict, expected: tuple[int, int]) 
 def test_rotated_source_is_scaled_with_sides_swapped() -> None:
     m = MediaSettings()
     cmd = build_encode_command(SRC, media(video(w=1920, h=1080, rotation=90)), clip(max=640), 0, 1, m, OUT)
-    assert cmd[cmd.index("-filter_complex") + 1] == "[0:0]scale=360:640[s0]"
+    assert cmd[cmd.index("-filter_complex") + 1] == "[0:0]scale=360:640[s0];[s0]setsar=1[s1]"
 
 
 def test_range_clamps_the_end_and_refuses_a_start_past_the_end() -> None:
@@ -198,8 +215,9 @@ def test_thumbnail_cover_argv() -> None:
     t = ThumbSpec("poster", 3.0, 128, 128, "cover", "jpg", 85)
     out = Path("/w/out/.poster.part.jpg")
     cmd = build_thumbnail_command(SRC, media(video(w=640, h=360)), t, out)
-    assert cmd == [*BASE, *inputs("2.9995"), "-filter_complex", "[0:0]scale=228:128:flags=lanczos[s0];[s0]crop=128:128[s1]",
-                   "-map", "[s1]", "-f", "image2", "-c:v", "mjpeg", "-frames:v", "1", "-q:v", "6", "-update", "1",
+    assert cmd == [*BASE, *inputs("2.9995"),
+                   "-filter_complex", "[0:0]scale=228:128:flags=lanczos[s0];[s0]setsar=1[s1];[s1]crop=128:128[s2]",
+                   "-map", "[s2]", "-f", "image2", "-c:v", "mjpeg", "-frames:v", "1", "-q:v", "6", "-update", "1",
                    str(out)]
 
 
@@ -208,3 +226,111 @@ def test_thumbnail_last_frame_fallback_reads_a_window_before_at() -> None:
     cmd = build_thumbnail_command(SRC, media(video(w=640, h=360)), t, Path("/o.webp"), last_frame=True)
     assert cmd[cmd.index("-ss") + 1] == "27.9895" and cmd[cmd.index("-t") + 1] == "4"
     assert "-frames:v" not in cmd and cmd[cmd.index("-c:v") + 1] == "libwebp" and cmd[cmd.index("-quality") + 1] == "80"
+
+
+# -- threads (workers.ffmpeg_threads bounds decoder, filter graph and encoder) ----------------
+
+def test_seek_input_puts_threads_on_the_input() -> None:
+    cmd = ffmpeg_argv(seek_input(SRC, 1.5, 2, threads=3), out=OUT)
+    assert cmd == [*BASE, "-format_whitelist", SOURCE_FORMAT_WHITELIST, "-protocol_whitelist", "file",
+                   "-ss", "1.5", "-t", "2", "-threads", "3", "-i", str(SRC), str(OUT)]
+    assert "-threads" not in ffmpeg_argv(seek_input(SRC, 1.5), out=OUT)
+
+
+def test_encode_with_filters_bounds_the_filter_graph_too() -> None:
+    cmd = build_encode_command(SRC, media(video()), clip(height=360), 5, 1, MediaSettings(), OUT, threads=1)
+    assert cmd[cmd.index("-i") - 2:cmd.index("-i")] == ["-threads", "1"]  # decoder
+    # ffmpeg-python writes -filter_complex, which only -filter_complex_threads bounds
+    assert cmd[cmd.index("-filter_complex_threads") + 1] == "1"
+    assert cmd[cmd.index("-i"):].count("-threads") == 1 and cmd[-3:] == ["-threads", "1", str(OUT)]  # encoder
+
+
+def test_audio_only_encode_has_no_filter_threads() -> None:
+    cmd = build_encode_command(SRC, media(video()), clip("mp3"), 5, 1, MediaSettings(), OUT, threads=2)
+    assert "-filter_complex_threads" not in cmd and cmd.count("-threads") == 2
+    assert "-enc_time_base:v" not in cmd and "-fps_mode" not in cmd
+
+
+def test_thumbnail_threads() -> None:
+    t = ThumbSpec("p", 3.0, 128, 128, "cover", "jpg", 85)
+    cmd = build_thumbnail_command(SRC, media(video(w=640, h=360)), t, Path("/o.jpg"), threads=2)
+    assert cmd[cmd.index("-i") - 2:cmd.index("-i")] == ["-threads", "2"]
+    after_input = cmd[cmd.index("-i"):]
+    assert cmd[cmd.index("-filter_complex_threads") + 1] == "2"
+    assert after_input[after_input.index("-threads") + 1] == "2"  # encoder
+    unscaled = build_thumbnail_command(SRC, media(video(w=640, h=360)), ThumbSpec("p", 3.0, None, None, "cover", "png", 85),
+                                       Path("/o.png"), threads=2)
+    assert "-filter_complex" not in unscaled and "-filter_complex_threads" not in unscaled
+    assert unscaled.count("-threads") == 2
+
+
+# -- seeking: never lose the audio before the first video frame ------------------------------
+
+def late_video(**kw) -> MediaInfo:
+    """Video from 1.0 s to 8.0 s, audio from 0 to 8.0 s."""
+    return media(video(start_time=1.0, duration=7.0, **kw), duration=8.0, audio_start=0.0, audio_duration=8.0)
+
+
+def test_seek_from_zero_has_no_ss() -> None:
+    cmd = build_encode_command(SRC, late_video(), clip(start=0, end=6), 0, 6, MediaSettings(), OUT)
+    assert "-ss" not in cmd
+    assert "-ss" not in build_copy_command(SRC, late_video(), "mp4", 0, 6, OUT)
+
+
+def test_seek_before_the_first_video_frame_is_on_the_output_side() -> None:
+    cmd = build_encode_command(SRC, late_video(), clip(start=0.5, end=6), 0.5, 5.5, MediaSettings(), OUT)
+    assert cmd.index("-ss") > cmd.index("-i") and cmd[cmd.index("-ss") + 1] == "0.5"
+    copy = build_copy_command(SRC, late_video(), "mp4", 0.5, 5.5, OUT)
+    assert copy.index("-ss") > copy.index("-i") and copy[copy.index("-ss") + 1] == "0.5"
+
+
+def test_seek_at_or_after_the_first_video_frame_is_on_the_input_side() -> None:
+    for start in (1.0, 2.5):
+        cmd = build_encode_command(SRC, late_video(), clip(start=start, end=6), start, 6 - start, MediaSettings(), OUT)
+        assert cmd.index("-ss") < cmd.index("-i") and cmd.count("-ss") == 1
+
+
+# -- non-square pixels -----------------------------------------------------------------------
+
+def ntsc_wide(**kw) -> VideoStream:
+    return video(w=720, h=480, sar=Fraction(32, 27), **kw)  # DAR 16:9
+
+
+def test_display_size_applies_the_sample_aspect_ratio() -> None:
+    assert display_size(ntsc_wide()) == (853, 480)
+    assert display_size(video(w=720, h=480, sar=Fraction(8, 9))) == (640, 480)
+    assert display_size(ntsc_wide(rotation=90)) == (480, 853)
+
+
+def test_non_square_source_is_scaled_to_square_pixels() -> None:
+    m = MediaSettings()
+    cmd = build_encode_command(SRC, media(ntsc_wide()), clip(width=320), 0, 1, m, OUT)
+    assert cmd[cmd.index("-filter_complex") + 1] == "[0:0]scale=320:180[s0];[s0]setsar=1[s1]"
+    # no resize asked: still scaled, to the displayed size
+    cmd = build_encode_command(SRC, media(ntsc_wide()), clip(), 0, 1, m, OUT)
+    assert cmd[cmd.index("-filter_complex") + 1] == "[0:0]scale=852:480[s0];[s0]setsar=1[s1]"
+    assert output_size(clip("gif"), ntsc_wide(), m) == (480, 270)
+
+
+def test_square_source_at_its_size_is_not_filtered() -> None:
+    cmd = build_encode_command(SRC, media(video()), clip(), 0, 1, MediaSettings(), OUT)
+    assert "-filter_complex" not in cmd
+
+
+def test_non_square_thumbnail() -> None:
+    t = ThumbSpec("p", 1.0, 200, None, "cover", "jpg", 85)
+    cmd = build_thumbnail_command(SRC, media(ntsc_wide()), t, Path("/o.jpg"))
+    assert cmd[cmd.index("-filter_complex") + 1] == "[0:0]scale=200:113:flags=lanczos[s0];[s0]setsar=1[s1]"
+    full = build_thumbnail_command(SRC, media(ntsc_wide()), ThumbSpec("p", 1.0, None, None, "cover", "jpg", 85),
+                                   Path("/o.jpg"))
+    assert full[full.index("-filter_complex") + 1] == "[0:0]scale=853:480:flags=lanczos[s0];[s0]setsar=1[s1]"
+
+
+# -- gif: the longer side is capped ----------------------------------------------------------
+
+def test_portrait_gif_height_is_capped() -> None:
+    m = MediaSettings(gif_max_width=480)
+    assert output_size(clip("gif"), video(w=1080, h=1920), m) == (270, 480)
+    assert output_size(clip("gif"), video(w=1920, h=1080), m) == (480, 270)
+    assert output_size(clip("gif", height=1000), video(w=1080, h=1920), m) == (270, 480)
+    assert output_size(clip("mp4"), video(w=1080, h=1920), m) == (1080, 1920)  # only gif

@@ -1,0 +1,128 @@
+"""The pure planning of a clip against its media: where the video ends, how long each output
+stream must be, and the keyframe lead-in a copy clip may carry."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import pytest
+
+from clipper.errors import PermanentError
+from clipper.jobs.clip import (
+    DTS_SEEK_SHIFT,
+    copy_seek_target,
+    expected_stream_lengths,
+    lead_in_from_packets,
+    resolve_range,
+)
+from clipper.jobs.probe import AudioStream, MediaInfo, Packet, VideoStream
+from clipper.jobs.spec import ClipSpec
+
+
+def source(video_end: float | None = 6.0, audio_end: float | None = 11.0, *, video_start: float = 0.0,
+           audio_start: float = 0.0, fmt: str = "mov,mp4,m4a,3gp,3g2,mj2", b_frames: int = 2,
+           start_time: float = 0.0) -> MediaInfo:
+    """Video [video_start, video_end), audio [audio_start, audio_end), in clip time."""
+    v = VideoStream(0, "h264", "High", 31, "yuv420p", 320, 240, Fraction(30), Fraction(1, 15360), b_frames,
+                    "progressive", None, start_time=video_start + start_time,
+                    duration=None if video_end is None else video_end - video_start)
+    a = AudioStream(1, "aac", "LC", 48000, 2, start_time=audio_start + start_time,
+                    duration=None if audio_end is None else audio_end - audio_start)
+    duration = max(e for e in (video_end, audio_end, 1.0) if e is not None)
+    return MediaInfo(fmt, duration, 1000, v, a, 1, 1, start_time)
+
+
+def clip(start: float, end: float, fmt: str = "mp4") -> ClipSpec:
+    return ClipSpec("c", start, end, "accurate", fmt)
+
+
+# -- where a clip with video ends ------------------------------------------------------------
+
+def test_video_formats_end_with_the_video_not_the_longer_audio() -> None:
+    r = resolve_range(clip(4, 10), source())
+    assert (r.start, r.end) == (4, 6.0) and r.note == "end 10 s is past the end of the video; clamped to 6.000 s"
+
+
+def test_start_past_the_video_is_permanent_even_with_audio_left() -> None:
+    with pytest.raises(PermanentError, match=r"clip \(c\): start 8 s is past the end of the video \(6.000 s\)"):
+        resolve_range(clip(8, 10), source())
+
+
+def test_start_after_the_last_frame_is_permanent() -> None:
+    # 20 s of 30 fps video: the last frame is at 19.967; 19.99-20.5 would hold no frame
+    with pytest.raises(PermanentError, match=r"start 19.99 s is after the last video frame \(at 19.967 s; "
+                                             r"the video ends at 20.000 s\)"):
+        resolve_range(clip(19.99, 20.5), source(video_end=20.0, audio_end=21.0))
+    r = resolve_range(clip(19.96, 20.5), source(video_end=20.0, audio_end=21.0))  # the last frame, within slack
+    assert (r.start, r.end) == (19.96, 20.0)
+
+
+def test_audio_formats_end_with_the_media() -> None:
+    r = resolve_range(clip(8, 10, "m4a"), source())
+    assert (r.start, r.end, r.note) == (8, 10, None)
+
+
+def test_unknown_video_end_falls_back_to_the_media() -> None:
+    info = source(video_end=None)
+    assert info.video_end is None
+    assert resolve_range(clip(8, 10), info).end == 10
+    with pytest.raises(PermanentError, match=r"past the end of the media \(11.000 s\)"):
+        resolve_range(clip(11, 12), info)
+
+
+# -- how long each output stream must be -----------------------------------------------------
+
+def test_expected_stream_lengths_follow_what_the_source_covers() -> None:
+    late = source(video_end=8.0, audio_end=8.0, video_start=1.0)
+    assert expected_stream_lengths(late, 0, 6) == (5.0, 6.0)
+    assert expected_stream_lengths(late, 2, 6) == (4.0, 4.0)
+    short_audio = source(video_end=12.0, audio_end=5.0)
+    assert expected_stream_lengths(short_audio, 3, 8) == (5.0, 2.0)
+    assert expected_stream_lengths(short_audio, 6, 8) == (2.0, 0.0)
+
+
+def test_expected_stream_lengths_use_clip_time() -> None:
+    info = source(video_end=8.0, audio_end=8.0, start_time=1.4)  # e.g. a TS: the container starts at 1.4
+    assert expected_stream_lengths(info, 2, 6) == (4.0, 4.0)
+
+
+def test_unknown_stream_durations_are_not_checked() -> None:
+    assert expected_stream_lengths(source(video_end=None, audio_end=None), 0, 5) == (None, None)
+
+
+# -- the lead-in of a copy clip --------------------------------------------------------------
+
+def packets(*keys: float, fps: int = 30, until: float = 30.0) -> list[Packet]:
+    n = int(until * fps)
+    return [Packet(i / fps, any(abs(i / fps - k) < 1e-9 for k in keys)) for i in range(n)]
+
+
+def test_lead_in_is_from_the_keyframe_at_or_before_the_cut() -> None:
+    gop2 = packets(0, 2, 4, 6, 8)
+    assert lead_in_from_packets(gop2, 3.3, 3.3) == pytest.approx(1.3)
+    assert lead_in_from_packets(gop2, 4.0, 4.0) == pytest.approx(0.0)
+    assert lead_in_from_packets(gop2, 3.9999, 4.0) == pytest.approx(0.0)  # within the slack: at it
+
+
+def test_lead_in_of_a_long_gop_is_the_whole_distance() -> None:
+    assert lead_in_from_packets(packets(0, 25, until=40), 24.5, 24.5) == pytest.approx(24.5)
+
+
+def test_lead_in_when_the_seek_target_is_before_the_first_keyframe() -> None:
+    assert lead_in_from_packets(packets(0, 2), -0.1, 0.03) == pytest.approx(0.03)
+    assert lead_in_from_packets([], 1.0, 1.0) == 0.0
+
+
+def test_copy_seek_target_follows_ffmpegs_dts_heuristic() -> None:
+    assert copy_seek_target(source(), 2.05) == 2.05  # MP4 seeks by PTS
+    mkv = source(fmt="matroska,webm")
+    assert copy_seek_target(mkv, 2.05) == pytest.approx(2.05 - DTS_SEEK_SHIFT)
+    assert copy_seek_target(source(fmt="matroska,webm", b_frames=0), 2.05) == 2.05
+
+
+def test_clip_ending_before_the_video_starts_is_permanent() -> None:
+    late = source(video_end=8.0, audio_end=8.0, video_start=1.0)
+    with pytest.raises(PermanentError, match=r"clip \(c\): end 0.5 s is before the video starts \(1.000 s\)"):
+        resolve_range(clip(0, 0.5), late)
+    assert resolve_range(clip(0, 0.5, "m4a"), late).end == 0.5
+    assert resolve_range(clip(0, 1.5), late).end == 1.5
