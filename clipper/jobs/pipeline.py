@@ -18,13 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from clipper.errors import PermanentError
-from clipper.jobs.clip import make_clip
+from clipper.jobs.clip import check_streams, make_clip, resolve_range
 from clipper.jobs.command import JobControl
 from clipper.jobs.fetch import fetch_source
 from clipper.jobs.probe import MediaInfo, probe_media
 from clipper.jobs.spec import JobSpec, redact_url
-from clipper.jobs.thumbs import make_thumbnail
+from clipper.jobs.thumbs import check_thumbnail, make_thumbnail
 from clipper.jobs.upload import Uploader
 from clipper.settings import Settings
 
@@ -57,21 +56,13 @@ def failed_result(job_id: str, attempts: int, error: dict[str, str]) -> dict[str
 
 
 def check_against_media(spec: JobSpec, info: MediaInfo) -> None:
-    """Fail before any work when a request cannot be met by this media (pure)."""
-    for i, clip in enumerate(spec.clips):
-        if clip.start >= info.duration:
-            raise PermanentError(f"clips[{i}] ({clip.name}): start {clip.start:g} s is past the end of the media "
-                                 f"({info.duration:.3f} s)")
-        if clip.audio_only and info.audio is None:
-            raise PermanentError(f"clips[{i}] ({clip.name}): format {clip.format} needs audio, the source has none")
-        if not clip.audio_only and info.video is None:
-            raise PermanentError(f"clips[{i}] ({clip.name}): format {clip.format} needs video, the source is audio only")
-    for i, thumb in enumerate(spec.thumbnails):
-        if info.video is None:
-            raise PermanentError(f"thumbnails[{i}] ({thumb.name}): the source has no video")
-        if thumb.at >= info.duration:
-            raise PermanentError(f"thumbnails[{i}] ({thumb.name}): at {thumb.at:g} s is past the end of the media "
-                                 f"({info.duration:.3f} s)")
+    """Fail before any work when one of the outputs cannot be made from this media (the same
+    checks each stage makes, so a bad last clip does not cost the encodes before it)."""
+    for clip in spec.clips:
+        resolve_range(clip, info)
+        check_streams(clip, info)
+    for thumb in spec.thumbnails:
+        check_thumbnail(thumb, info)
 
 
 def _sha256(path: Path) -> str:
@@ -133,7 +124,8 @@ def run_job(spec: JobSpec, ctx: JobContext, attempts: int) -> dict[str, Any]:
         if spec.thumbnails:
             with stage("thumbnails", thumbnails=len(spec.thumbnails)):
                 for thumb in spec.thumbnails:
-                    t = make_thumbnail(fetched.path, info, thumb, out_dir, control=ctx.control, timeout=timeout)
+                    t = make_thumbnail(fetched.path, info, thumb, out_dir, control=ctx.control, timeout=timeout,
+                                       threads=threads)
                     local.append(LocalOutput(thumb.name, "thumbnail", t.path, t.format, None, t.width, t.height))
         base = spec.output_dir_key(settings.output.prefix)
         outputs: list[dict[str, Any]] = []

@@ -110,6 +110,20 @@ def _rotation(stream: dict[str, Any]) -> int:
     return int(round(_float((stream.get("tags") or {}).get("rotate")) or 0)) % 360
 
 
+def _stream_duration(stream: dict[str, Any]) -> float | None:
+    """The stream's own duration. Matroska keeps it only in a `DURATION` tag (HH:MM:SS.nnnnnnnnn),
+    which is where the stream ends on the file's clock, so its start is taken off."""
+    seconds = _float(stream.get("duration"))
+    if seconds is not None:
+        return seconds
+    tag = (stream.get("tags") or {}).get("DURATION") or ""
+    parts = tag.split(":")
+    if len(parts) == 3 and all(_float(p) is not None for p in parts):
+        end = int(parts[0]) * 3600 + int(parts[1]) * 60 + float(parts[2])
+        return max(0.0, end - (_float(stream.get("start_time")) or 0.0))
+    return None
+
+
 def media_info_from_json(data: dict[str, Any]) -> MediaInfo:
     """ffprobe `-show_format -show_streams -of json` -> MediaInfo (pure)."""
     fmt = data.get("format") or {}
@@ -127,13 +141,13 @@ def media_info_from_json(data: dict[str, Any]) -> MediaInfo:
             time_base=_fraction(v.get("time_base")), has_b_frames=_int(v.get("has_b_frames")) or 0,
             field_order=v.get("field_order"), frames=_int(v.get("nb_frames")), rotation=_rotation(v),
             sar=_fraction(v.get("sample_aspect_ratio", "1").replace(":", "/")) or Fraction(1),
-            start_time=_float(v.get("start_time")), duration=_float(v.get("duration")),
+            start_time=_float(v.get("start_time")), duration=_stream_duration(v),
         )
     if audios:
         a = audios[0]
         audio = AudioStream(index=int(a.get("index", 0)), codec=str(a.get("codec_name", "unknown")),
                             profile=a.get("profile"), sample_rate=_int(a.get("sample_rate")), channels=_int(a.get("channels")),
-                            start_time=_float(a.get("start_time")), duration=_float(a.get("duration")))
+                            start_time=_float(a.get("start_time")), duration=_stream_duration(a))
     durations = [_float(fmt.get("duration"))] + [_float(s.get("duration")) for s in videos[:1] + audios[:1]]
     duration = next((d for d in durations if d), 0.0)
     return MediaInfo(format_name=str(fmt.get("format_name", "unknown")), duration=duration, size=_int(fmt.get("size")),
