@@ -1,14 +1,11 @@
 """Smart cut: a frame-exact H.264 clip that re-encodes only its ends.
 
-The clip [start, end) is split on the source's keyframes:
-
-    head   first frame >= start .. first keyframe at/after start   re-encoded
-    middle that keyframe        .. last keyframe at/before end     stream-copied
-    tail   that keyframe        .. last frame before end           re-encoded
-
-The three pieces are written by one ffmpeg process (three inputs, three outputs), joined with
-the concat demuxer (explicit durations, `auto_convert=0`), and the source's audio is
-stream-copied over the whole range in that same final pass, so it has no seams.
+`smartplan` splits the clip on the source's keyframes into a re-encoded head, a copied
+middle and a re-encoded tail, and says why a boundary is sometimes a GOP further in (B-frame
+delay, idr_pic_id). This module reads what the plan needs (packet index, headers), writes the
+pieces with one ffmpeg process (one input per piece, each with its own seek), joins them with
+the concat demuxer (explicit durations, `auto_convert=0`) and stream-copies the source's
+audio over the whole range in that same final pass, so it has no seams.
 
 The joined stream must be one valid H.264 stream: the re-encoded pieces must carry SPS/PPS
 byte-identical to the source's, or strict (hardware, browser) decoders break at the joins.
@@ -22,6 +19,14 @@ Frame counts come from the packet index (`-frames:v N`, never `-t`), every time 
 exactly in the stream's time base, and the B-frame structure (hence the decode delay) is the
 source's, so timestamps stay ordered across the joins.
 
+Seeks. The plan is in packet time; every `-ss` is in clip time (relative to the container's
+start time, which ffmpeg adds to `-ss`, while `-read_intervals` takes packet time). Demuxers
+seek to the keyframe whose DTS is at or before the target; in an MP4 with B-frames and no edit
+list that keyframe can be shown after the target, and the frames just before it would be lost.
+So the index is read from INDEX_LEAD before `start` (and the plan checks that it reaches back
+far enough), and a head that starts between keyframes is decoded from its own GOP's keyframe
+(input-side `-ss` just past it) and trimmed to its first frame by an output-side `-ss`.
+
 Before joining, each piece is checked: its frame count is the planned one, the copied middle
 starts with the planned keyframe (same packet size), and re-encoded pieces carry the source's
 SPS/PPS. The joined output is then verified like any clip (streams, duration within a frame).
@@ -29,12 +34,13 @@ SPS/PPS. The joined output is then verified like any clip (streams, duration wit
 Anything this cannot do exactly raises `SmartCutFallback` (the caller re-encodes the whole
 clip and says why): non-H.264 or non-x264 video, more than one video stream, open GOPs,
 interlacing, variable frame rate, rotation, a resize, formats other than mp4/mkv, sources
-other than MP4 (see SOURCE_CONTAINERS), a clip shorter than two GOPs, headers that do not
-match, or any failure of the smart path itself. Timeouts, signals and shutdown propagate.
+other than MP4 (see SOURCE_CONTAINERS), a clip shorter than two GOPs or too short to leave a
+GOP to copy, headers that do not match, or any failure of the smart path itself. Timeouts,
+signals and shutdown propagate.
 
 Cost: four ffmpeg/ffprobe processes (index and headers in parallel, pieces, join) plus the
-output probe, and the encoding of at most two GOPs; a copied middle is written twice (piece,
-then join), which is disk traffic, not CPU.
+output probe, and the encoding of at most two GOPs at each end; a copied middle is written
+twice (piece, then join), which is disk traffic, not CPU.
 """
 
 from __future__ import annotations
@@ -44,7 +50,6 @@ import json
 import math
 import re
 import shutil
-import statistics
 import tempfile
 from dataclasses import dataclass
 from fractions import Fraction
@@ -53,157 +58,48 @@ from pathlib import Path
 import ffmpeg
 
 from clipper.errors import PermanentError
-from clipper.jobs.clip import BOUNDARY_SLACK, seek_input
+from clipper.jobs.clip import seek_input
 from clipper.jobs.command import JobControl, ffmpeg_base, local_input_options, run_command, run_ffmpeg
 from clipper.jobs.probe import PROBE_TIMEOUT, MediaInfo
+from clipper.jobs.smartplan import (
+    IndexPacket,
+    Piece,
+    SmartCutFallback,
+    SmartPlan,
+    index_from_csv,
+    microseconds,
+    plan_smart_cut,
+)
 from clipper.jobs.spec import ClipSpec
 from clipper.jobs.verify import verify_output
 from clipper.settings import MediaSettings
+
+__all__ = ["SmartCutFallback", "make_smart_clip"]
 
 SMART_FORMATS = frozenset({"mp4", "mkv"})
 # ffprobe format_name of the MP4 family. Matroska sources fall back: ffmpeg 5.1 moves an
 # input-side seek 3/23 s earlier for containers that seek by DTS when there are B-frames, so a
 # stream copy cannot be made to start exactly on a given keyframe there.
 SOURCE_CONTAINERS = ("mov", "mp4")
-MIN_GOPS = 2.0  # below this a full re-encode costs about the same as a smart cut
+INDEX_LEAD = 1.0  # seconds read before `start`: more than any B-frame delay (see the module doc)
 INDEX_MARGIN = 2.0  # seconds read past `end`, so B-frames shown before `end` but decoded after it are seen
 CONCAT_FORMAT_WHITELIST = "concat,mov,mp4,m4a,3gp,3g2,mj2"
 PIECE_READ_MARGIN = 0.5  # seconds read past a piece: B-frames decoded after its last shown frame
 
 
-class SmartCutFallback(Exception):
-    """This clip cannot be smart-cut exactly; the message says why (for ClipResult.note)."""
-
-
-# -- the packet index ------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class IndexPacket:
-    """A video packet in decode order; times in ticks of the stream's time base."""
-
-    pts: int
-    dts: int | None
-    duration: int
-    keyframe: bool
-    size: int = 0
-
-
-def index_from_csv(text: str) -> list[IndexPacket]:
-    """`-show_entries packet=pts,dts,duration,size,flags -of csv=p=0` (ffprobe prints them in
-    that order) -> packets in decode order. A packet without pts makes the stream unplannable."""
-    def number(text: str) -> int | None:
-        return int(text) if text.lstrip("-").isdigit() else None
-
-    packets = []
-    for line in text.splitlines():
-        parts = line.strip().split(",")
-        if len(parts) < 5:
-            continue
-        pts, dts, duration, size, flags = parts[:5]
-        if number(pts) is None:
-            raise SmartCutFallback("video packets without timestamps")
-        packets.append(IndexPacket(int(pts), number(dts), number(duration) or 0, "K" in flags, number(size) or 0))
-    return packets
-
-
-def read_packet_index(src: Path, stream: int, lo: float, hi: float, *, control: JobControl,
+def read_packet_index(src: Path, stream: int, lo: float | None, hi: float, *, control: JobControl,
                       timeout: float) -> list[IndexPacket]:
-    """Packets of one stream from the keyframe before `lo` to `hi`, from the container's index
-    (-read_intervals seeks: ~0.1 s however long the file)."""
+    """Packets of one stream from the keyframe before `lo` (None: the start of the file) to
+    `hi`, both in packet time, from the container's index (-read_intervals seeks: ~0.1 s however
+    long the file)."""
+    interval = f"{'' if lo is None else f'{lo:.6f}'}%{hi:.6f}"
     result = run_command(
         ["ffprobe", "-v", "error", *local_input_options(), "-select_streams", str(stream),
-         "-read_intervals", f"{max(0.0, lo):.6f}%{hi:.6f}", "-show_entries", "packet=pts,dts,duration,size,flags",
+         "-read_intervals", interval, "-show_entries", "packet=pts,dts,duration,size,flags",
          "-of", "csv=p=0", str(src)],
         what="smart cut: keyframe index", timeout=min(timeout, PROBE_TIMEOUT), control=control, capture_stdout=True,
     )
     return index_from_csv(result.stdout.decode("ascii", "replace"))
-
-
-# -- the plan (pure) -------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Piece:
-    kind: str  # "encode" | "copy"
-    first_pts: int  # ticks
-    frames: int
-    duration: Fraction  # seconds
-    first_size: int = 0  # bytes of the first packet (checks that a copy started where planned)
-
-    def seek(self, time_base: Fraction) -> Fraction:
-        return self.first_pts * time_base
-
-
-@dataclass(frozen=True)
-class SmartPlan:
-    time_base: Fraction
-    first_pts: int  # the clip's first frame
-    pieces: tuple[Piece, ...]
-
-    @property
-    def frames(self) -> int:
-        return sum(p.frames for p in self.pieces)
-
-    @property
-    def duration(self) -> Fraction:
-        return sum((p.duration for p in self.pieces), Fraction(0))
-
-    @property
-    def start(self) -> Fraction:
-        return self.first_pts * self.time_base
-
-
-def plan_smart_cut(packets: list[IndexPacket], time_base: Fraction, start: float, end: float) -> SmartPlan:
-    """Head/middle/tail pieces for frames with start <= pts < end, a frame within
-    BOUNDARY_SLACK of either counting as at it (the frames an accurate encode keeps)."""
-    if not packets:
-        raise SmartCutFallback("no video packets in the range")
-    slack = Fraction(BOUNDARY_SLACK)
-    lo, hi = Fraction(start) - slack, Fraction(end) - slack
-    shown = sorted(packets, key=lambda p: p.pts)
-    if len({p.pts for p in shown}) != len(shown):
-        raise SmartCutFallback("duplicate video timestamps")
-    selected = [p for p in shown if lo <= p.pts * time_base < hi]
-    if not selected:
-        raise SmartCutFallback("no video frame in the range")
-    steps = [b.pts - a.pts for a, b in zip(shown, shown[1:], strict=False)]
-    # constant frame rate, give or take the rounding of a coarse time base (Matroska's 1 ms
-    # holds 1/30 s as 33, 33, 34)
-    if steps and max(steps) - min(steps) > 1:
-        raise SmartCutFallback("variable frame rate")
-    step = selected[-1].duration or (round(statistics.mean(steps)) if steps else 1)
-    after = [p for p in shown if p.pts * time_base >= hi]
-    keys = [p.pts for p in selected if p.keyframe]
-    k_head = keys[0] if keys else None
-    # the middle may run to `end` itself when the frame after the clip is a keyframe
-    k_last = after[0].pts if after and after[0].keyframe else (keys[-1] if keys else None)
-    if k_head is None or k_last is None or k_last <= k_head:
-        raise SmartCutFallback("no complete GOP inside the clip")
-    all_keys = [p.pts for p in shown if p.keyframe]
-    gaps = [b - a for a, b in zip(all_keys, all_keys[1:], strict=False)]
-    gop = statistics.median(gaps) if gaps else k_last - k_head
-    clip_ticks = (selected[-1].pts + step) - selected[0].pts
-    if clip_ticks < MIN_GOPS * gop:
-        raise SmartCutFallback(f"clip shorter than {MIN_GOPS:g} GOPs ({float(gop * time_base):.2f} s each)")
-    _check_closed_gops(packets, {k_head, k_last})
-
-    sizes = {p.pts: p.size for p in packets}
-
-    def piece(kind: str, a: int, b: int) -> Piece | None:
-        frames = sum(1 for p in selected if a <= p.pts < b)
-        return Piece(kind, a, frames, (b - a) * time_base, sizes[a]) if frames else None
-
-    last = selected[-1].pts + step
-    pieces = [piece("encode", selected[0].pts, k_head), piece("copy", k_head, k_last), piece("encode", k_last, last)]
-    return SmartPlan(time_base, selected[0].pts, tuple(p for p in pieces if p))
-
-
-def _check_closed_gops(packets: list[IndexPacket], keyframes: set[int]) -> None:
-    """A join at keyframe K is clean only if nothing decoded after K is shown before it
-    (open-GOP leading pictures reference the previous GOP)."""
-    for i, p in enumerate(packets):
-        if p.keyframe and p.pts in keyframes:
-            if any(q.pts < p.pts for q in packets[i + 1:]):
-                raise SmartCutFallback("open GOP at a cut point")
 
 
 # -- the source's H.264 headers and x264 settings --------------------------------------------
@@ -281,8 +177,9 @@ def level_name(level: int | None) -> str | None:
 
 
 def x264_params(options: dict[str, str], level: int | None) -> str:
-    """The source's header-relevant x264 settings as an `-x264-params` string (pure).
-    Raises SmartCutFallback for settings whose streams cannot be joined cleanly."""
+    """The source's header-relevant x264 settings as an `-x264-params` string (pure), plus
+    GOP settings that keep the joins valid. Raises SmartCutFallback for settings whose streams
+    cannot be joined cleanly."""
     def flag(key: str) -> str:
         return options.get(key, "0")
 
@@ -293,9 +190,15 @@ def x264_params(options: dict[str, str], level: int | None) -> str:
         raise SmartCutFallback("x264 source with custom quantizer matrices")
     params: list[tuple[str, str]] = []
     for key in ("cabac", "ref", "bframes", "b_pyramid", "weightb", "weightp", "8x8dct", "constrained_intra",
-                "bluray_compat", "fake_interlaced", "stitchable", "chroma_qp_offset", "keyint_min", "keyint"):
+                "bluray_compat", "fake_interlaced", "stitchable", "chroma_qp_offset"):
         if key in options:
             params.append((key.replace("_", "-"), options[key]))
+    if options.get("keyint") == "1":
+        params.append(("keyint", "1"))  # all-intra: the one keyint that changes the SPS (no references)
+    else:
+        # one IDR per piece, its first frame: a piece then never ends on an IDR, which could
+        # share idr_pic_id with the IDR starting the next piece (see smartplan)
+        params += [("keyint", "infinite"), ("scenecut", "0")]
     if options.get("direct") in _DIRECT:
         params.append(("direct", _DIRECT[options["direct"]]))
     if "deblock" in options:
@@ -321,6 +224,12 @@ def x264_params(options: dict[str, str], level: int | None) -> str:
     if name:
         params.append(("level", name))
     return ":".join(f"{k}={v}" for k, v in params)
+
+
+def b_frame_depth(options: dict[str, str]) -> int:
+    """x264's consecutive B-frames (0: none)."""
+    value = options.get("bframes", "0")
+    return int(value) if value.isdigit() else 0
 
 
 @dataclass(frozen=True)
@@ -418,33 +327,65 @@ def seconds_ceil(t: Fraction) -> str:
     return f"{math.ceil(t * 1_000_000) / 1_000_000:.6f}"
 
 
+@dataclass(frozen=True)
+class PieceSeek:
+    """Where one piece is read from, in clip time: input-side `-ss` and `-t`, and for a head
+    that starts between keyframes an output-side `-ss` that drops the frames before it."""
+
+    input: str
+    read: float
+    output: str | None = None
+
+
+def piece_seek(plan: SmartPlan, piece: Piece) -> PieceSeek:
+    """Copy: `-ss` at the keyframe (rounded up: the demuxer lands on the keyframe whose DTS is
+    at or before the target, and a keyframe's DTS is at or before its PTS). A piece starting on
+    a keyframe: `-ss` at it (rounded down; the accurate seek keeps it). A head: `-ss` half a
+    frame past the keyframe of its own GOP, so the demuxer cannot land on the next keyframe and
+    lose the frames shown just before that one (module doc), then output-side `-ss` to half a
+    frame before its first frame."""
+    first = plan.clip_time(piece.first_pts)
+    if piece.kind == "copy":
+        return PieceSeek(seconds_ceil(first), float(piece.duration) + PIECE_READ_MARGIN)
+    if piece.decode_from is None or piece.decode_from == piece.first_pts:
+        return PieceSeek(seconds_floor(first), float(piece.duration) + PIECE_READ_MARGIN)
+    half = Fraction(plan.frame_ticks, 2) * plan.time_base
+    seek = seconds_floor(plan.clip_time(piece.decode_from) + half)
+    skip = first - half - Fraction(seek)  # whole frames, ~0 when the head starts right after the keyframe
+    read = float(first + piece.duration - Fraction(seek)) + PIECE_READ_MARGIN
+    return PieceSeek(seek, read, seconds_floor(skip) if skip >= half else None)
+
+
 def build_pieces_command(src: Path, source: MediaInfo, plan: SmartPlan, params: str, workdir: Path, *,
                          preset: str, threads: int) -> list[str]:
-    """One ffmpeg: each piece from its own input (own seek), encoded or copied to piece<i>.mp4."""
+    """One ffmpeg: each piece from its own input (own seek), encoded or copied to piece<i>.mp4.
+    `threads` > 0 bounds the decoders (input-side), the implicit filter graphs and the encoders."""
     video = source.video
     assert video is not None
     tb = plan.time_base
     outputs = []
     for i, piece in enumerate(plan.pieces):
-        # encode: decode from the keyframe before the first frame and drop up to it (accurate
-        # seek), so the seek must not pass the frame; copy: the seek lands on the keyframe itself
-        seek = seconds_floor(piece.seek(tb)) if piece.kind == "encode" else seconds_ceil(piece.seek(tb))
-        # an input-side limit too: with several inputs, ffmpeg 5.1 may otherwise go on reading
-        # and decoding an input whose output is complete (5 s instead of 0.6 s for a 10 s clip)
-        read = float(piece.duration) + PIECE_READ_MARGIN
-        stream = seek_input(src, seek, read)[str(video.index)]
+        seek = piece_seek(plan, piece)
+        # `read` is an input-side limit too: with several inputs, ffmpeg 5.1 may otherwise go on
+        # reading and decoding an input whose output is complete (5 s instead of 0.6 s for 10 s)
+        encode = piece.kind == "encode"
+        stream = seek_input(src, seek.input, seek.read, threads=threads if encode else 0)[str(video.index)]
         opts: dict[str, object] = {"format": "mp4", "frames:v": piece.frames}
+        if seek.output is not None:
+            opts["ss"] = seek.output
         if tb.numerator == 1:
             opts["video_track_timescale"] = tb.denominator
-        if piece.kind == "copy":
+        if not encode:
             opts["c:v"] = "copy"
         else:
             opts.update({"c:v": "libx264", "preset": preset, "x264-params": params, "pix_fmt": video.pix_fmt or "yuv420p",
                          "fps_mode": "passthrough"})
-            if threads:
+            if threads > 0:
                 opts["threads"] = threads
         outputs.append(ffmpeg.output(stream, str(workdir / f"piece{i}.mp4"), **opts))
-    return [*ffmpeg_base(), *ffmpeg.merge_outputs(*outputs).get_args()]
+    # a global option: bounds the simple filter graph (pixel format) of every encoded piece
+    filter_threads = ["-filter_threads", str(threads)] if threads > 0 and any(p.kind == "encode" for p in plan.pieces) else []
+    return [*ffmpeg_base(), *filter_threads, *ffmpeg.merge_outputs(*outputs).get_args()]
 
 
 def concat_list(plan: SmartPlan) -> str:
@@ -507,16 +448,22 @@ def make_smart_clip(src: Path, source: MediaInfo, clip: ClipSpec, start: float, 
     check_source(source, clip)
     video = source.video
     assert video is not None and video.time_base is not None
+    # the plan and the index are in packet time, clip times are relative to the container's start
+    origin = microseconds(source.start_time)
+    video_start = video.start_time if video.start_time is not None else source.start_time
+    lo, hi = float(origin) + start - INDEX_LEAD, float(origin) + end + INDEX_MARGIN
+    from_file_start = lo <= video_start
     # the index and the headers are independent: read them at once (two ~0.07 s processes)
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        index = pool.submit(read_packet_index, src, video.index, start, end + INDEX_MARGIN, control=control,
+        index = pool.submit(read_packet_index, src, video.index, None if from_file_start else lo, hi, control=control,
                             timeout=timeout)
         headers = pool.submit(read_source_headers, src, video.index, control=control, timeout=timeout)
         packets, head = index.result(), headers.result()
     if head.x264 is None:
         raise SmartCutFallback("the source was not encoded by x264, whose headers a re-encode can reproduce")
     params = x264_params(head.x264, video.level)
-    plan = plan_smart_cut(packets, video.time_base, start, end)
+    plan = plan_smart_cut(packets, video.time_base, start, end, origin=origin,
+                          min_encoded_frames=b_frame_depth(head.x264) + 2, index_from_file_start=from_file_start)
     workdir = Path(tempfile.mkdtemp(prefix=f".smart-{clip.name}-", dir=out.parent))
     label = f"clip ({clip.name})"
     try:
@@ -531,7 +478,7 @@ def make_smart_clip(src: Path, source: MediaInfo, clip: ClipSpec, start: float, 
         listfile.write_text(concat_list(plan))
         run_ffmpeg(build_join_command(src, source, plan, listfile, clip.format, out),
                    what=f"{label} smart cut join", timeout=timeout, control=control)
-        frame = float(plan.pieces[0].duration / plan.pieces[0].frames)
+        frame = float(plan.frame_ticks * plan.time_base)
         return verify_output(
             out, expect_video=True, expect_audio=source.audio is not None, duration=end - start,
             tolerance=frame + 0.06, width=video.width, height=video.height, codec="h264",

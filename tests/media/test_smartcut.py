@@ -1,13 +1,32 @@
 """Smart cut against real ffmpeg: frame-exact (count, content, clean decode) across GOP
 sizes, B-frames on/off, NTSC rates, Matroska sources and outputs, and cut points on and
-between keyframes; and the fallbacks to a full re-encode, each with its reason."""
+between keyframes; sources whose timestamps do not start at 0; joins next to keyframes that
+must stay one valid H.264 stream (uniform DTS, idr_pic_id); and the fallbacks to a full
+re-encode, each with its reason.
+
+The newer tests check content with the oracle of mediacheck (whole decodes, no seeking), not
+with ffmpeg's `-ss`, which shares the mistakes a smart cut can make about start times and
+keyframe seeks."""
 
 from __future__ import annotations
 
+import concurrent.futures
+import subprocess
 from pathlib import Path
 
 import pytest
-from mediacheck import Source, assert_frame_exact, ffprobe_json
+from mediacheck import (
+    Source,
+    assert_audio_copied_in_sync,
+    assert_frame_exact,
+    assert_idr_ids_alternate,
+    assert_same_frames_as_source,
+    assert_uniform_dts,
+    decode_errors,
+    expected_source_frames,
+    ffprobe_json,
+    frame_clip_times,
+)
 
 from clipper.jobs.clip import make_clip
 from clipper.jobs.spec import ClipSpec
@@ -95,6 +114,8 @@ def test_smart_cut_headers_match_the_source(sources, tmp_path: Path, media, cont
     ("rotated", 0.5, 3.9, {}, "rotated"),
     ("gop2", 1.2, 3.5, {}, "no complete GOP"),
     ("gop2", 1.9, 5.5, {}, "shorter than 2 GOPs"),
+    # keyframes at 2, 4, 6: the one-frame head runs on to 4, the one-frame tail starts at 4
+    ("gop2", 2 - 1 / 30, 6 + 1 / 30, {}, "no GOP left to copy"),
     ("gop2_mkv", 1.2, 9.5, {}, "matroska source"),
     ("gop2", 1.2, 9.5, {"height": 90}, "resize"),
 ])
@@ -118,3 +139,97 @@ def test_smart_leaves_no_scratch_files(sources, tmp_path: Path, media, control) 
     smart(sources["gop2"], 1.3, 9.6, tmp_path, media, control)
     smart(sources["gop2"], 1.2, 3.5, tmp_path, media, control)  # fallback path too
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.mp4"]
+
+
+# -- joins next to a keyframe ------------------------------------------------------------------
+
+def assert_valid_smart_clip(r, src: Path, start: float, end: float) -> None:
+    """Smart, clean decode, the right frames (oracle), one decode delay, legal IDR sequence."""
+    assert r.mode == "smart", r.note
+    assert decode_errors(r.path) == ""
+    assert_same_frames_as_source(r.path, src, start, end)
+    assert_uniform_dts(r.path)
+    assert_idr_ids_alternate(r.path)
+
+
+@pytest.mark.parametrize("source", ["gop2", "gop2_nob"])  # 2 B-frames, none
+@pytest.mark.parametrize(("head", "tail"), [(-1, 1), (-2, 2), (1, -1), (2, -2)])
+def test_cuts_next_to_keyframes_give_one_valid_stream(sources, source: str, head: int, tail: int, tmp_path: Path,
+                                                      media, control) -> None:
+    """Start `head` frames from the keyframe at 4 s, end `tail` frames from the one at 10 s.
+    A re-encoded end of 1-2 frames used to have no B-frame delay (DTS squashed into 1-tick
+    steps at the join) and a one-frame head was an IDR followed by the middle's IDR, both
+    with idr_pic_id 0."""
+    src = sources[source]
+    start, end = 4 + head / 30, 10 + tail / 30
+    assert_valid_smart_clip(smart(src, start, end, tmp_path, media, control), src.path, start, end)
+
+
+# -- sources whose timestamps do not start at 0 ----------------------------------------------
+
+CHIRP_SECONDS = 12
+
+
+def _ffmpeg(*args: object) -> None:
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", *map(str, args)], check=True, timeout=120)
+
+
+def _encode(out: Path, *extra: object, audio: bool = True) -> None:
+    """testsrc2 (every frame distinct) and a chirp (every audio packet distinct), GOP 2 s, 2 B-frames."""
+    inputs = ["-f", "lavfi", "-i", f"testsrc2=size=320x240:rate=30:duration={CHIRP_SECONDS}"]
+    if audio:
+        inputs += ["-f", "lavfi", "-i", f"aevalsrc=sin(2*PI*(300+40*t)*t):s=48000:d={CHIRP_SECONDS}",
+                   "-c:a", "aac", "-b:a", "64k"]
+    _ffmpeg(*inputs, "-c:v", "libx264", "-preset", "veryfast", "-g", 60, "-sc_threshold", 0, "-bf", 2,
+            "-pix_fmt", "yuv420p", *extra, out)
+
+
+@pytest.fixture(scope="module")
+def offset_sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Source]:
+    """shifted: written with -output_ts_offset 1.5 (start_time 1.476: the audio's priming
+    starts first); ts_copyts: an MPEG-TS remuxed to MP4 with -copyts (start_time ~1.4);
+    noedit: B-frames without an edit list (audio from 0, video from 2 frames later, keyframe
+    DTS 2 frames before its PTS); noedit_video: the same without audio (start_time 2 frames)."""
+    from clipper.jobs.probe import probe_media
+
+    d = tmp_path_factory.mktemp("smart-offsets")
+    paths = {name: d / f"{name}.mp4" for name in ("shifted", "ts_copyts", "noedit", "noedit_video")}
+    jobs = [lambda: _encode(paths["shifted"], "-output_ts_offset", 1.5),
+            lambda: _encode(d / "source.ts", "-f", "mpegts"),
+            lambda: _encode(paths["noedit"], "-use_editlist", 0),
+            lambda: _encode(paths["noedit_video"], "-use_editlist", 0, audio=False)]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        for f in [pool.submit(job) for job in jobs]:
+            f.result()
+    _ffmpeg("-copyts", "-i", d / "source.ts", "-c", "copy", paths["ts_copyts"])
+    return {name: Source(name, path, probe_media(path), 2.0) for name, path in paths.items()}
+
+
+def test_offset_sources_are_what_the_tests_need(offset_sources) -> None:
+    starts = {name: round(src.info.start_time, 3) for name, src in offset_sources.items()}
+    assert starts["shifted"] > 1.4 and starts["ts_copyts"] > 1.0 and starts["noedit"] == 0
+    assert starts["noedit_video"] == pytest.approx(2 / 30, abs=0.001)
+
+
+@pytest.mark.parametrize(("source", "start", "end"), [
+    ("shifted", 4.0, 10.0),  # the reviewer's case
+    ("shifted", 0.0, 6.1),  # from the beginning: the video starts 24 ms after clip time 0
+    ("ts_copyts", 4.02, 10.0),
+    ("noedit", 4.02, 10.0),  # 4.02 is 1 frame before the keyframe at 4.0667 (DTS 4.0)
+    ("noedit", 3.96, 9.97),
+    ("noedit_video", 3.99, 9.0),
+])
+def test_sources_with_a_start_time_or_no_edit_list(offset_sources, source: str, start: float, end: float,
+                                                    tmp_path: Path, media, control) -> None:
+    """Clip times are relative to the container's start time (like -ss and players); the plan
+    and the copied middle used packet times, so head and tail came from ~start_time later
+    (frames out of order, non-monotonic DTS). Without an edit list, a seek to a frame just
+    before a keyframe landed on that keyframe and lost the frames before it."""
+    src = offset_sources[source]
+    r = smart(src, start, end, tmp_path, media, control)
+    assert_valid_smart_clip(r, src.path, start, end)
+    assert abs(r.info.duration - (end - start)) <= 1 / 30 + 0.03
+    if src.info.audio is not None:
+        # the clip starts with its first video frame ("shifted": frames are 24 ms off the clip clock)
+        first_frame = frame_clip_times(src.path)[expected_source_frames(src.path, start, end).start]
+        assert_audio_copied_in_sync(r.path, src.path, float(first_frame), end)

@@ -1,4 +1,5 @@
-"""Smart-cut planning and header parsing (pure): packets + range -> head/middle/tail pieces."""
+"""Smart-cut planning and header parsing (pure): packets + range -> head/middle/tail pieces,
+the seeks and commands that make them."""
 
 from __future__ import annotations
 
@@ -9,22 +10,21 @@ import pytest
 
 from clipper.jobs.probe import AudioStream, MediaInfo, VideoStream
 from clipper.jobs.smartcut import (
-    IndexPacket,
     Mp4Track,
-    SmartCutFallback,
-    SmartPlan,
+    PieceSeek,
+    b_frame_depth,
     build_join_command,
     build_pieces_command,
     bytes_from_hexdump,
     concat_list,
-    index_from_csv,
     level_name,
     parse_avcc,
-    plan_smart_cut,
+    piece_seek,
     read_mp4_track,
     x264_options_from_sei,
     x264_params,
 )
+from clipper.jobs.smartplan import IndexPacket, SmartCutFallback, SmartPlan, index_from_csv, microseconds, plan_smart_cut
 
 TB = Fraction(1, 15360)
 FRAME = 512  # ticks of one frame at 30 fps
@@ -128,6 +128,111 @@ def test_variable_frame_rate_falls_back_but_coarse_time_bases_do_not() -> None:
     assert plan_smart_cut(ms, Fraction(1, 1000), 1.5, 9.1).frames == 228
 
 
+# -- boundaries moved for a valid stream (B-frame delay, idr_pic_id) --------------------------
+
+F = 1 / 30
+
+
+@pytest.mark.parametrize("before", [1, 2, 3])
+def test_a_head_shorter_than_the_b_frame_depth_plus_2_runs_on_to_the_next_keyframe(before: int) -> None:
+    """1-3 frames before the keyframe at 2 s with 2 B-frames (at least 4 frames needed)."""
+    plan = plan_smart_cut(stream(12), TB, 2 - before * F, 9.1, min_encoded_frames=4)
+    assert frames(plan) == [("encode", pytest.approx(2 - before * F), 60 + before, pytest.approx(2 + before * F)),
+                            ("copy", 4.0, 120, 4.0), ("encode", 8.0, 33, pytest.approx(1.1))]
+    assert plan.pieces[0].decode_from == 0  # decoded from its own GOP's keyframe, not the next
+
+
+def test_a_head_of_enough_frames_stays() -> None:
+    plan = plan_smart_cut(stream(12), TB, 2 - 4 * F, 9.1, min_encoded_frames=4)
+    assert frames(plan)[:2] == [("encode", pytest.approx(2 - 4 * F), 4, pytest.approx(4 * F)), ("copy", 2.0, 180, 6.0)]
+
+
+@pytest.mark.parametrize("after", [1, 2])
+def test_a_short_tail_starts_one_keyframe_earlier(after: int) -> None:
+    plan = plan_smart_cut(stream(12), TB, 1.5, 8 + after * F, min_encoded_frames=4)
+    assert frames(plan)[1:] == [("copy", 2.0, 120, 4.0), ("encode", 6.0, 60 + after, pytest.approx(2 + after * F))]
+    assert plan.pieces[-1].decode_from == plan.pieces[-1].first_pts
+
+
+def test_without_b_frames_only_one_frame_ends_are_merged() -> None:
+    """min 2 frames: a one-frame head is an IDR alone, and the copied middle starts with another."""
+    packets = stream(12, bframes=0)
+    assert frames(plan_smart_cut(packets, TB, 2 - F, 9.1, min_encoded_frames=2))[0][2] == 61
+    assert frames(plan_smart_cut(packets, TB, 2 - 2 * F, 9.1, min_encoded_frames=2))[0][2] == 2
+    assert frames(plan_smart_cut(packets, TB, 1.5, 8 + F, min_encoded_frames=2))[-1][1:3] == (6.0, 61)
+
+
+def test_merging_that_leaves_nothing_to_copy_falls_back() -> None:
+    # keyframes at 2, 4, 6: the head runs to 4, the tail starts at 4
+    with pytest.raises(SmartCutFallback, match="no GOP left to copy once the re-encoded ends hold at least 4 frames"):
+        plan_smart_cut(stream(12), TB, 2 - F, 6 + F, min_encoded_frames=4)
+
+
+def test_a_one_frame_gop_before_the_tail_goes_to_the_tail() -> None:
+    """Its IDR would be followed by the tail's IDR, whose idr_pic_id (0) it may share."""
+    packets = [IndexPacket(p.pts, None, FRAME, p.keyframe or p.pts == 239 * FRAME, 1000) for p in stream(12, bframes=0)]
+    plan = plan_smart_cut(packets, TB, 1.5, 9.1, min_encoded_frames=2)
+    assert frames(plan)[1:] == [("copy", 2.0, 179, pytest.approx(179 * F)),
+                                ("encode", pytest.approx(239 * F), 34, pytest.approx(34 * F))]
+
+
+def test_closely_spaced_keyframes_before_a_head_fall_back() -> None:
+    """The head seeks half a frame past its GOP's keyframe; with the next keyframe closer than
+    the B-frame depth, a demuxer seeking by DTS could land on that one."""
+    packets = [IndexPacket(p.pts, None, FRAME, p.keyframe or p.pts == 63 * FRAME, 1000) for p in stream(12, bframes=0)]
+    with pytest.raises(SmartCutFallback, match="keyframes only 3 frames apart"):
+        plan_smart_cut(packets, TB, 61 * F, 9.1, min_encoded_frames=4)
+
+
+# -- clip time vs packet time ------------------------------------------------------------------
+
+def shifted(packets: list[IndexPacket], seconds: Fraction) -> list[IndexPacket]:
+    ticks = int(seconds / TB)
+    return [IndexPacket(p.pts + ticks, None, p.duration, p.keyframe, p.size) for p in packets]
+
+
+def test_clip_times_are_relative_to_the_container_start() -> None:
+    """A source whose packets start at 1.5 s (start_time 1.5): clip time 1.5 is packet time 3.0."""
+    origin = Fraction(3, 2)
+    plan = plan_smart_cut(shifted(stream(12), origin), TB, 1.5, 9.1, origin=origin, min_encoded_frames=4)
+    assert frames(plan) == [("encode", 3.0, 15, 0.5), ("copy", 3.5, 180, 6.0), ("encode", 9.5, 33, pytest.approx(1.1))]
+    assert plan.pieces[0].decode_from * TB == Fraction(3, 2)
+    assert plan.start == Fraction(3, 2) and plan.clip_time(plan.first_pts) == Fraction(3, 2)
+    assert [piece_seek(plan, p).input for p in plan.pieces] == ["0.016666", "2.000000", "8.000000"]
+    join = build_join_command(Path("/w/src.mp4"), source(), plan, Path("/w/s/l"), "mp4", Path("/w/o.mp4"))
+    assert join[join.index("/w/src.mp4") - 5:join.index("/w/src.mp4")] == ["-ss", "1.500000", "-t", "8.1", "-i"]
+
+
+def test_a_start_time_that_is_not_a_whole_tick() -> None:
+    """Audio first (start_time 1.476009), video at 1.5: clip 4.0 is packet 5.476009, so the
+    first frame is the one at packet time 5.5 (clip 4.023991)."""
+    origin = microseconds(1.476009)
+    plan = plan_smart_cut(shifted(stream(12), Fraction(3, 2)), TB, 4.0, 10.0, origin=origin, min_encoded_frames=4)
+    assert plan.first_pts * TB == Fraction(11, 2)
+    assert plan.start == Fraction(11, 2) - Fraction(1476009, 10**6)
+    assert plan.frames == 180
+
+
+def test_the_index_must_reach_back_to_the_clip_start() -> None:
+    """An index read from a keyframe shown after `start` misses the frames shown before it."""
+    late = [p for p in stream(12) if p.pts >= 60 * FRAME]  # decode order from the keyframe at 2 s
+    with pytest.raises(SmartCutFallback, match="does not reach back"):
+        plan_smart_cut(late, TB, 2 - F, 9.1)
+    assert plan_smart_cut(late, TB, 2.5, 9.1).frames == 198  # within its GOP is fine
+    assert plan_smart_cut(late, TB, 1.5, 9.1, index_from_file_start=True).pieces[0].first_pts == 60 * FRAME
+
+
+def test_head_seeks() -> None:
+    """A head is decoded from its GOP's keyframe and trimmed on the output side; one that
+    starts right after the keyframe needs no output-side trim; pieces on keyframes seek to them."""
+    plan = plan_smart_cut(stream(12), TB, 2 - F, 9.1, min_encoded_frames=4)
+    assert piece_seek(plan, plan.pieces[0]) == PieceSeek("0.016666", pytest.approx(4.5 - 0.016666), "1.933334")
+    plan = plan_smart_cut(stream(12), TB, F, 9.1, min_encoded_frames=4)
+    assert piece_seek(plan, plan.pieces[0]) == PieceSeek("0.016666", pytest.approx(2.5 - 0.016666), None)
+    assert piece_seek(plan, plan.pieces[1]) == PieceSeek("2.000000", 6.5)
+    assert piece_seek(plan, plan.pieces[2]) == PieceSeek("8.000000", pytest.approx(1.6))
+
+
 def test_index_from_csv_keeps_decode_order_and_sizes() -> None:
     text = "61440,60416,512,4398,K_\n62976,60928,512,1526,__\n61952,61440,512,1606,__\n"
     assert index_from_csv(text) == [IndexPacket(61440, 60416, 512, True, 4398), IndexPacket(62976, 60928, 512, False, 1526),
@@ -173,8 +278,17 @@ def test_x264_options_to_params() -> None:
     assert options["bframes"] == "3" and options["nal_hrd"] == "none"
     assert x264_params(options, 31) == (
         "cabac=1:ref=3:bframes=3:b-pyramid=2:weightb=1:weightp=2:8x8dct=1:constrained-intra=0:bluray-compat=0:"
-        "chroma-qp-offset=-2:keyint-min=25:keyint=250:direct=spatial:deblock=-1,-1:psy=0:crf=23.0:level=3.1")
+        "chroma-qp-offset=-2:keyint=infinite:scenecut=0:direct=spatial:deblock=-1,-1:psy=0:crf=23.0:level=3.1")
     assert x264_options_from_sei(b"\x00\x00\x01\x06 something else") is None
+    assert b_frame_depth(options) == 3 and b_frame_depth({}) == 0
+
+
+def test_pieces_get_one_idr_each_unless_the_source_is_all_intra() -> None:
+    """keyint=infinite:scenecut=0: a re-encoded piece's only IDR is its first frame (no join
+    IDR -> IDR); keyint=1 is kept because it is the one keyint that changes the SPS."""
+    options = x264_options_from_sei(SEI)
+    assert ":keyint=infinite:scenecut=0:" in x264_params(options, 31)
+    assert ":keyint=1:" in x264_params({**options, "keyint": "1"}, 31)
 
 
 @pytest.mark.parametrize(("change", "reason"), [
@@ -213,17 +327,22 @@ def test_pieces_command_exact_argv() -> None:
     cmd = build_pieces_command(Path("/w/src.mp4"), source(), plan, "cabac=1:crf=23.0", Path("/w/s"),
                                preset="veryfast", threads=2)
     encode = ["-c:v", "libx264", "-fps_mode", "passthrough"]
-    tail = ["-pix_fmt", "yuv420p", "-preset", "veryfast", "-threads", "2", "-video_track_timescale", "15360",
-            "-x264-params", "cabac=1:crf=23.0"]
+    tail = ["-threads", "2", "-video_track_timescale", "15360", "-x264-params", "cabac=1:crf=23.0"]
     assert cmd[8:] == [
-        *WL, "-ss", "1.500000", "-t", "1", "-i", "/w/src.mp4",  # head: seek to its first frame, read 0.5 s + margin
-        *WL, "-ss", "2.000000", "-t", "6.5", "-i", "/w/src.mp4",  # middle: on the keyframe
-        *WL, "-ss", "8.000000", "-t", "1.6", "-i", "/w/src.mp4",
-        "-map", "0:0", "-f", "mp4", *encode, "-frames:v", "15", *tail, "/w/s/piece0.mp4",
+        "-filter_threads", "2",
+        # head: decoded from its GOP's keyframe (0 s; seek half a frame past it), trimmed to 1.5 s on the output side
+        *WL, "-ss", "0.016666", "-t", "2.483334", "-threads", "2", "-i", "/w/src.mp4",
+        *WL, "-ss", "2.000000", "-t", "6.5", "-i", "/w/src.mp4",  # middle: on the keyframe, no decoder
+        *WL, "-ss", "8.000000", "-t", "1.6", "-threads", "2", "-i", "/w/src.mp4",  # tail: starts on its keyframe
+        "-map", "0:0", "-f", "mp4", *encode, "-frames:v", "15", "-pix_fmt", "yuv420p", "-preset", "veryfast",
+        "-ss", "1.466667", *tail, "/w/s/piece0.mp4",
         "-map", "1:0", "-f", "mp4", "-c:v", "copy", "-frames:v", "180", "-video_track_timescale", "15360",
         "/w/s/piece1.mp4",
-        "-map", "2:0", "-f", "mp4", *encode, "-frames:v", "33", *tail, "/w/s/piece2.mp4",
+        "-map", "2:0", "-f", "mp4", *encode, "-frames:v", "33", "-pix_fmt", "yuv420p", "-preset", "veryfast", *tail,
+        "/w/s/piece2.mp4",
     ]
+    single = build_pieces_command(Path("/w/src.mp4"), source(), plan, "", Path("/w/s"), preset="veryfast", threads=0)
+    assert "-threads" not in single and "-filter_threads" not in single
 
 
 def test_join_command_copies_the_audio_once_over_the_whole_range() -> None:
