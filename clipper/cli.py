@@ -115,11 +115,16 @@ def daemon_main(settings: Settings, readiness: Readiness, *, foreground: bool) -
             os._exit(1)
 
 
-def cmd_start(args: argparse.Namespace, settings: Settings) -> int:
+def _cannot_start(settings: Settings) -> str | None:
+    """Why a daemon cannot start, said on the terminal before anything detaches."""
     pid = lock_holder(settings.daemon.pid_file)
     if pid:
-        return _fail(f"already running (pid {pid})")
-    problem = _check_writable(settings)
+        return f"already running (pid {pid})"
+    return _check_writable(settings)
+
+
+def cmd_start(args: argparse.Namespace, settings: Settings) -> int:
+    problem = _cannot_start(settings)
     if problem:
         return _fail(problem)
     ok, detail = start_detached(lambda readiness, _fds: daemon_main(settings, readiness, foreground=False),
@@ -160,10 +165,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
-    pid = lock_holder(settings.daemon.pid_file)
-    if pid:
-        return _fail(f"already running (pid {pid})")
-    problem = _check_writable(settings)
+    problem = _cannot_start(settings)
     if problem:
         return _fail(problem)
     return daemon_main(settings, Readiness(None), foreground=True)

@@ -128,6 +128,16 @@ def locked_pid(pid_file: Path) -> int | None:
         os.close(fd)
 
 
+def assert_no_processes_under(root: Path, what: str) -> None:
+    """No process (wget, ffmpeg, ffprobe) whose command line names a path under `root` is left
+    after a few seconds: a stopped or killed daemon took its children with it."""
+    marker = str(root) + os.sep
+    try:
+        wait_for(lambda: not processes_mentioning(marker), 5, what)
+    except TimeoutError:
+        raise AssertionError(f"{what}: still running: {processes_mentioning(marker)}") from None
+
+
 def pid_gone(pid: int) -> bool:
     """True once `pid` has exited (a zombie waiting for its reaper counts as gone)."""
     try:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from services import processes_mentioning, wait_for
+from services import assert_no_processes_under, processes_mentioning
 
 if TYPE_CHECKING:
     from conftest import ClipperHarness
@@ -21,14 +21,6 @@ def reason(dead_entry: dict) -> str:
     return str(error.get("message", error)) if isinstance(error, dict) else str(error)
 
 
-def assert_children_died_with_the_daemon(clipper: ClipperHarness) -> None:
-    marker = str(clipper.root) + os.sep
-    try:
-        wait_for(lambda: not processes_mentioning(marker), 5, "the daemon's children to die with it")
-    except TimeoutError:
-        raise AssertionError(f"orphans of the killed daemon: {processes_mentioning(marker)}") from None
-
-
 def test_kill9_mid_job_then_restart_finishes_everything(clipper: ClipperHarness, http) -> None:
     http.slow_rate = 50_000  # ~8 s per download
     # a long heartbeat: only a daemon that takes its own leftovers back at start finishes in time
@@ -39,7 +31,7 @@ def test_kill9_mid_job_then_restart_finishes_everything(clipper: ClipperHarness,
 
     clipper.kill9()
     assert clipper.status().returncode == 3
-    assert_children_died_with_the_daemon(clipper)
+    assert_no_processes_under(clipper.root, "the daemon's children die with it")
     # the held items stayed in the processing list, the third in Q: nothing lost
     assert sorted(p for raw in raws.values() for p in clipper.places(raw)) == ["Q", "processing", "processing"]
 
@@ -63,7 +55,7 @@ def test_kill9_during_ffmpeg_leaves_no_orphan_encoder(clipper: ClipperHarness, h
     clipper.wait_until(lambda: any("ffmpeg" in cmd for _, cmd in processes_mentioning(marker)), 20,
                        "ffmpeg to be encoding")
     clipper.kill9()
-    assert_children_died_with_the_daemon(clipper)
+    assert_no_processes_under(clipper.root, "the daemon's children die with it")
     assert clipper.places(raw) == ["processing"]
 
     clipper.configure(**{"media.x264_preset": "veryfast", "workers.ffmpeg_threads": 0})
@@ -79,7 +71,7 @@ def test_leftovers_of_a_dead_consumer_are_reaped_by_another_daemon(clipper_facto
     raw = first.push(slow_job(http, "orphan"))
     first.wait_until(lambda: first.processing() == [raw] and http.count("/slow/", "GET") >= 1, 20, "the job in flight")
     first.kill9()
-    assert_children_died_with_the_daemon(first)
+    assert_no_processes_under(first.root, "the daemon's children die with it")
 
     http.slow_rate = 5_000_000
     second = clipper_factory(**{"workers.count": 1, "redis.heartbeat_ttl": 3})

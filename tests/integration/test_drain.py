@@ -8,7 +8,7 @@ import signal
 import time
 from typing import TYPE_CHECKING
 
-from services import pid_gone, processes_mentioning, wait_for
+from services import assert_no_processes_under, pid_gone, processes_mentioning
 
 if TYPE_CHECKING:
     from conftest import ClipperHarness
@@ -41,14 +41,6 @@ def assert_each_in_one_place(clipper: ClipperHarness, raws: dict[str, bytes]) ->
     return where
 
 
-def assert_no_children_left(clipper: ClipperHarness) -> None:
-    marker = str(clipper.root) + os.sep
-    try:
-        wait_for(lambda: not processes_mentioning(marker), 5, "no wget/ffmpeg of the stopped daemon")
-    except TimeoutError:
-        raise AssertionError(f"left running after stop: {processes_mentioning(marker)}") from None
-
-
 def test_stop_lets_in_flight_jobs_finish_and_leaves_the_rest_queued(clipper: ClipperHarness, http) -> None:
     http.slow_rate = 150_000  # ~3 s per download
     clipper.configure(**{"workers.count": 2, "daemon.stop_timeout": 30})
@@ -66,7 +58,7 @@ def test_stop_lets_in_flight_jobs_finish_and_leaves_the_rest_queued(clipper: Cli
     assert {j for j, w in where.items() if w == "done"} == in_flight, where
     assert {j for j, w in where.items() if w == "Q"} == set(raws) - in_flight, where
     assert clipper.processing() == [] and clipper.dead() == []
-    assert_no_children_left(clipper)
+    assert_no_processes_under(clipper.root, "no wget/ffmpeg of the stopped daemon")
 
     http.slow_rate = 5_000_000
     clipper.start()
@@ -85,7 +77,7 @@ def test_stop_deadline_kills_jobs_and_requeues_their_items(clipper: ClipperHarne
     stop = clipper.stop(timeout=30)
     assert stop.returncode == 0, stop
     assert clipper.status().returncode == 3
-    assert_no_children_left(clipper)
+    assert_no_processes_under(clipper.root, "no wget/ffmpeg of the stopped daemon")
 
     where = assert_each_in_one_place(clipper, raws)
     assert set(where.values()) == {"Q"}, where
@@ -111,7 +103,7 @@ def test_second_signal_makes_the_deadline_now(clipper: ClipperHarness, http) -> 
     time.sleep(1.0)  # two signals sent at once can merge into one; let the first be handled
     os.kill(pid, signal.SIGTERM)
     clipper.wait_until(lambda: pid_gone(pid), 20, "the daemon to exit after the second SIGTERM")
-    assert_no_children_left(clipper)
+    assert_no_processes_under(clipper.root, "no wget/ffmpeg of the stopped daemon")
     where = assert_each_in_one_place(clipper, raws)
     assert set(where.values()) == {"Q"}, where
     events = [e for e in clipper.log_events() if e.get("event") in ("daemon.draining", "daemon.deadline_now")]
@@ -142,7 +134,7 @@ def test_stop_deadline_kills_a_running_ffmpeg(clipper: ClipperHarness, http) -> 
 
     stop = clipper.stop(timeout=30)
     assert stop.returncode == 0, stop
-    assert_no_children_left(clipper)
+    assert_no_processes_under(clipper.root, "no wget/ffmpeg of the stopped daemon")
     assert clipper.places(raw) == ["Q"]
     assert not clipper.output_path("clips/encode/long.mp4").exists()
 
