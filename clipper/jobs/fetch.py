@@ -21,12 +21,7 @@ down when it passes or when the job is cancelled, so a server that trickles byte
 worker), `fetch.connect_timeout` bounds every single socket operation, `fetch.max_bytes` bounds
 the body (announced or streamed), `fetch.max_redirects` the hops.
 
-`s3://bucket/key` sources are read with boto3 from `fetch.s3_endpoint_url` (credentials from the
-standard AWS chain). That endpoint comes from settings, which are trusted, and a deployment may
-well run its object store on a private address; it is still refused when it resolves to a
-link-local (metadata), multicast or reserved address. The message only chooses the bucket and
-key: bucket names must be DNS-compatible (with virtual-hosted addressing they become part of
-the host name), and `fetch.s3_allow_buckets`, when set, lists the buckets producers may name.
+`s3://bucket/key` sources: see `fetch_s3.py`. The address policy itself: `addresses.py`.
 
 `file://` sources are returned in place (no copy; the pipeline only reads them) when their real
 path, symlinks resolved, lies under one of `fetch.allow_file_roots`.
@@ -53,6 +48,8 @@ from urllib.parse import quote, unquote, urljoin, urlsplit
 
 from clipper import __version__
 from clipper.errors import Cancelled, ClipperError, PermanentError, TransientError
+from clipper.jobs.addresses import check_address
+from clipper.jobs.fetch_s3 import fetch_s3, parse_s3_url
 from clipper.jobs.spec import redact_url
 from clipper.settings import FetchSettings
 
@@ -63,9 +60,6 @@ USER_AGENT = f"clipper/{__version__}"
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 EXTENSION_RE = re.compile(r"^[a-z0-9]{1,5}$")
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
 @dataclass(frozen=True)
 class FetchedSource:
     path: Path  # local file with the whole source
@@ -73,92 +67,6 @@ class FetchedSource:
     bytes: int
     seconds: float
     content_type: str | None
-
-
-# -- address policy (pure) -------------------------------------------------------------------------
-
-def _nets(*specs: tuple[str, str]) -> tuple[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str], ...]:
-    return tuple((ipaddress.ip_network(net), why) for net, why in specs)
-
-
-# Never reachable, whatever the settings: cloud metadata lives on link-local addresses, and
-# 0.0.0.0/8 reaches the local host on Linux.
-_ALWAYS_REFUSED = _nets(
-    ("0.0.0.0/8", "unspecified ('this network', reaches the local host)"),
-    ("169.254.0.0/16", "link-local (cloud metadata services live there)"),
-    ("224.0.0.0/4", "multicast"),
-    ("240.0.0.0/4", "reserved"),
-    ("::/128", "unspecified"),
-    ("fe80::/10", "link-local"),
-    ("ff00::/8", "multicast"),
-    ("100::/64", "reserved (discard-only)"),
-)
-# Reachable only with fetch.allow_private: the deployment's own networks and other
-# special-purpose ranges that are not globally routable.
-_PRIVATE = _nets(
-    ("127.0.0.0/8", "loopback"),
-    ("10.0.0.0/8", "private"),
-    ("172.16.0.0/12", "private"),
-    ("192.168.0.0/16", "private"),
-    ("100.64.0.0/10", "shared address space (CGNAT)"),
-    ("192.0.0.0/24", "special-purpose (IETF protocol assignments)"),
-    ("192.0.2.0/24", "documentation"),
-    ("198.51.100.0/24", "documentation"),
-    ("203.0.113.0/24", "documentation"),
-    ("198.18.0.0/15", "benchmarking"),
-    ("::1/128", "loopback"),
-    ("fc00::/7", "private (unique local)"),
-    ("fec0::/10", "private (site-local)"),
-    ("2001:db8::/32", "documentation"),
-    ("3fff::/20", "documentation"),
-    ("64:ff9b:1::/48", "private (local-use NAT64)"),
-)
-_V4_MAPPED = ipaddress.ip_network("::ffff:0:0/96")
-_V4_COMPATIBLE = ipaddress.ip_network("::/96")
-_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
-_GLOBAL_UNICAST_V6 = ipaddress.ip_network("2000::/3")
-
-
-def _embedded_v4(ip: ipaddress.IPv6Address) -> tuple[str, ipaddress.IPv4Address] | None:
-    """The IPv4 address an IPv6 address stands for, if it has one (and the name of the form)."""
-    if ip in _V4_MAPPED:
-        return "IPv4-mapped", ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-    if ip.sixtofour is not None:
-        return "6to4", ip.sixtofour
-    if any(ip in net for net in _NAT64):
-        return "NAT64", ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-    if ip.teredo is not None:
-        return "Teredo", ip.teredo[1]
-    if ip in _V4_COMPATIBLE and int(ip) > 1:
-        return "IPv4-compatible", ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-    return None
-
-
-def check_address(ip: IPAddress, allow_private: bool) -> str | None:
-    """Why a source may not be fetched from `ip`, or None when it may (pure)."""
-    if ip.version == 6:
-        ip = ipaddress.IPv6Address(int(ip))  # fe80::1%eth0: judge the address, not its zone
-        embedded = _embedded_v4(ip)
-        if embedded is not None:
-            form, v4 = embedded
-            reason = check_address(v4, allow_private)
-            if reason is not None:
-                return f"{ip} is the {form} form of {v4}, which is refused: {reason}"
-            if form == "IPv4-compatible":
-                return f"{ip} is a deprecated IPv4-compatible address (reserved)"
-            if ip not in _NAT64[1]:  # local-use NAT64 is also judged as a private range below
-                return None
-    elif ip == ipaddress.IPv4Address("255.255.255.255"):
-        return f"{ip} is the broadcast address"
-    for net, why in _ALWAYS_REFUSED:
-        if ip.version == net.version and ip in net:
-            return f"{ip} is {why}"
-    for net, why in _PRIVATE:
-        if ip.version == net.version and ip in net:
-            return None if allow_private else f"{ip} is {why}; allowed only with fetch.allow_private"
-    if ip.version == 6 and ip not in _GLOBAL_UNICAST_V6:
-        return f"{ip} is reserved (outside global unicast 2000::/3)"
-    return None
 
 
 # -- URLs, names and statuses (pure) ---------------------------------------------------------------
@@ -603,42 +511,6 @@ def _fetch_file(url: str, settings: FetchSettings) -> tuple[Path, int]:
     return Path(real), st.st_size
 
 
-# -- s3:// -------------------------------------------------------------------------------------
-
-# DNS-compatible bucket names only: with virtual-hosted addressing the bucket becomes part of
-# the endpoint's host name, so nothing else may reach it (no IP-like names, no "..").
-S3_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$|^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-
-
-def parse_s3_url(url: str) -> tuple[str, str]:
-    """`s3://bucket/key` -> (bucket, key); the key is taken verbatim (no unquoting; `?` and `#`
-    are part of it), as the AWS CLI does."""
-    rest = url.split("://", 1)[1] if "://" in url else ""
-    bucket, _, key = rest.partition("/")
-    if not bucket or not key:
-        raise PermanentError(f"source {redacted(url)}: expected s3://bucket/key")
-    if not S3_BUCKET_RE.match(bucket) or ".." in bucket or _is_ip_literal(bucket):
-        raise PermanentError(f"source {redacted(url)}: {bucket[:70]!r} is not a valid S3 bucket name")
-    return bucket, key
-
-
-def check_s3_endpoint(endpoint_url: str | None) -> None:
-    """The object store comes from settings (trusted, often on a private address), but it must
-    never be a link-local/metadata, multicast or reserved address: refused whatever
-    `fetch.allow_private` says (an endpoint typo must not turn into SSRF)."""
-    if not endpoint_url:
-        return
-    host = urlsplit(endpoint_url).hostname or ""
-    try:
-        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
-    except socket.gaierror as exc:
-        raise TransientError(f"fetch.s3_endpoint_url {redacted(endpoint_url)}: cannot resolve {host!r} ({exc})") from None
-    for info in infos:
-        reason = check_address(ipaddress.ip_address(info[4][0].split("%")[0]), allow_private=True)
-        if reason is not None:
-            raise PermanentError(f"fetch.s3_endpoint_url {redacted(endpoint_url)} is refused: {reason}")
-
-
 def check_source_policy(url: str, settings: FetchSettings) -> None:
     """What can be said about a source without fetching it (no DNS, no connection): scheme,
     URL form, literal addresses, file roots, bucket names. `clipper enqueue` uses it to refuse
@@ -665,93 +537,6 @@ def check_source_policy(url: str, settings: FetchSettings) -> None:
                              "or file under fetch.allow_file_roots)")
 
 
-def s3_error(exc: BaseException, where: str) -> ClipperError:
-    """Classify a boto3/botocore failure: missing or forbidden objects are permanent; the
-    endpoint being unreachable, slow or failing (5xx, throttling) is transient."""
-    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, ParamValidationError
-
-    if isinstance(exc, ClipperError):
-        return exc
-    if isinstance(exc, ClientError):
-        err = exc.response.get("Error", {}) or {}
-        code = str(err.get("Code", ""))
-        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-        if not status and code.isdigit():
-            status = int(code)
-        text = f"source {where}: S3 {code or 'error'}" + (f" (HTTP {status})" if status else "")
-        if code in ("SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError",
-                    "ServiceUnavailable", "RequestTimeTooSkewed") or status in (408, 429) or status >= 500:
-            return TransientError(text)
-        if code in ("NoSuchKey", "NoSuchBucket", "AccessDenied", "InvalidObjectState", "InvalidBucketName") \
-                or 300 <= status < 500:
-            return PermanentError(text)
-        return TransientError(text)
-    if isinstance(exc, NoCredentialsError):
-        # the daemon's environment, not the message, is wrong; an operator can fix it in time
-        return TransientError(f"source {where}: no AWS credentials for s3:// sources (standard AWS chain)")
-    if isinstance(exc, ParamValidationError):
-        return PermanentError(f"source {where}: invalid S3 bucket or key")
-    last = getattr(exc, "last_exception", None)  # boto3's RetriesExceededError
-    if last is not None and last is not exc:
-        return s3_error(last, where)
-    if isinstance(exc, (BotoCoreError, OSError)):
-        return TransientError(f"source {where}: S3 endpoint unavailable ({type(exc).__name__})")
-    return TransientError(f"source {where}: S3 download failed ({type(exc).__name__})")
-
-
-def _fetch_s3(url: str, dest_dir: Path, settings: FetchSettings, deadline: _Deadline,
-              progress: Callable[[int], None] | None) -> tuple[Path, int, str | None]:
-    import boto3
-    from botocore.config import Config
-
-    where = redacted(url)
-    bucket, key = parse_s3_url(url)
-    check_s3_endpoint(settings.s3_endpoint_url)
-    path = dest_dir / source_filename(key)
-    received = 0
-    last_progress = time.monotonic()
-    lock = threading.Lock()
-
-    def on_bytes(n: int) -> None:  # s3transfer calls this from its threads; raising aborts the transfer
-        nonlocal received, last_progress
-        with lock:
-            received += n
-            so_far = received
-            report = time.monotonic() - last_progress >= PROGRESS_EVERY
-            if report:
-                last_progress = time.monotonic()
-        deadline.check()
-        if so_far > settings.max_bytes:
-            raise PermanentError(f"source {where}: body exceeds fetch.max_bytes {settings.max_bytes}")
-        if progress is not None and report:
-            progress(so_far)
-
-    try:
-        client = boto3.client("s3", endpoint_url=settings.s3_endpoint_url, region_name=settings.s3_region,
-                              config=Config(connect_timeout=settings.connect_timeout,
-                                            read_timeout=settings.connect_timeout, retries={"max_attempts": 2}))
-        head = client.head_object(Bucket=bucket, Key=key)
-        size = int(head.get("ContentLength") or 0)
-        if size > settings.max_bytes:
-            raise PermanentError(f"source {where}: object is {size} bytes, exceeds fetch.max_bytes {settings.max_bytes}")
-        deadline.check()
-        client.download_file(bucket, key, str(path), Callback=on_bytes)
-        deadline.check()
-    except Cancelled:
-        path.unlink(missing_ok=True)
-        raise
-    except BaseException as exc:
-        path.unlink(missing_ok=True)
-        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-            raise
-        raise s3_error(exc, where) from None
-    got = path.stat().st_size
-    if progress is not None:
-        progress(got)
-    content_type = head.get("ContentType")
-    return path, got, str(content_type)[:200] if content_type else None
-
-
 # -- entry point -------------------------------------------------------------------------------
 
 def fetch_source(url: str, dest_dir: Path, settings: FetchSettings, *, cancelled: threading.Event | None = None,
@@ -773,6 +558,7 @@ def fetch_source(url: str, dest_dir: Path, settings: FetchSettings, *, cancelled
     elif scheme == "file":
         (path, size), content_type = _fetch_file(url, settings), None
     else:
-        path, size, content_type = _fetch_s3(url, Path(dest_dir), settings, deadline, progress)
+        path = Path(dest_dir) / source_filename(parse_s3_url(url)[1])
+        size, content_type = fetch_s3(url, path, settings, check=deadline.check, progress=progress)
     return FetchedSource(path=path, url=where, bytes=size, seconds=round(time.monotonic() - started, 3),
                          content_type=content_type)

@@ -148,3 +148,26 @@ def test_redelivered_job_overwrites_the_same_keys(clipper: ClipperHarness, http)
     clipper.wait_job("again")
     second = sorted(p.relative_to(clipper.output_dir) for p in clipper.output_dir.rglob("*") if p.is_file())
     assert first == second  # same keys, no duplicates, no temporary files left
+
+
+def test_s3_source_to_directory(clipper: ClipperHarness, s3_server, s3, media_dir) -> None:
+    """An s3:// source read with boto3 from the configured endpoint; a missing key and a bucket
+    outside fetch.s3_allow_buckets are dead at once, naming the cause."""
+    s3.upload_file(str(media_dir / "short.mp4"), s3_server.bucket, "in/short.mp4")
+    clipper.configure(**{"fetch.s3_endpoint_url": s3_server.endpoint_url, "fetch.s3_region": "us-east-1",
+                         "fetch.s3_allow_buckets": [s3_server.bucket]})
+    clipper.start()
+    clipper.push({"id": "from-s3", "source": f"s3://{s3_server.bucket}/in/short.mp4",
+                  "clips": [{"name": "a", "start": 0, "end": 2}]})
+    clipper.push({"id": "no-key", "source": f"s3://{s3_server.bucket}/in/missing.mp4",
+                  "clips": [{"name": "a", "start": 0, "end": 2}]})
+    clipper.push({"id": "other-bucket", "source": "s3://somebody-elses/x.mp4",
+                  "clips": [{"name": "a", "start": 0, "end": 2}]})
+    assert clipper.wait_job("from-s3")["status"] == "done"
+    assert_clip(clipper.output_path("clips/from-s3/a.mp4"), 2)
+    manifest = json.loads(clipper.output_path("clips/from-s3/manifest.json").read_text())
+    assert manifest["source"]["url"] == f"s3://{s3_server.bucket}/in/short.mp4"
+    for job_id, cause in (("no-key", "no such object"), ("other-bucket", "fetch.s3_allow_buckets")):
+        assert clipper.wait_job(job_id)["status"] == "failed"
+        [entry] = [d for d in clipper.dead() if d["id"] == job_id]
+        assert cause in entry["error"]["message"] and entry["attempts"] == 1, entry

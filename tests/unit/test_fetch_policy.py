@@ -17,15 +17,9 @@ from botocore.exceptions import (
 )
 
 from clipper.errors import PermanentError, TransientError
-from clipper.jobs.fetch import (
-    check_address,
-    dns_error,
-    parse_http_url,
-    parse_s3_url,
-    s3_error,
-    source_filename,
-    status_error,
-)
+from clipper.jobs.addresses import check_address
+from clipper.jobs.fetch import dns_error, parse_http_url, source_filename, status_error
+from clipper.jobs.fetch_s3 import parse_s3_url, s3_error
 
 
 def ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
@@ -353,7 +347,7 @@ def test_check_source_policy_allows(url: str) -> None:
 
 
 def test_s3_endpoint_on_a_metadata_address_is_refused_even_though_settings_are_trusted() -> None:
-    from clipper.jobs.fetch import check_s3_endpoint
+    from clipper.jobs.fetch_s3 import check_s3_endpoint
 
     check_s3_endpoint("http://127.0.0.1:8333")  # a private object store is fine
     check_s3_endpoint(None)
