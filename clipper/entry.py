@@ -24,7 +24,7 @@ import redis
 
 from clipper import __version__, logs
 from clipper.daemon import Readiness
-from clipper.errors import Cancelled, PermanentError, TransientError
+from clipper.errors import Cancelled, OutputUnavailable, PermanentError, TransientError
 from clipper.jobs.command import JobControl
 from clipper.jobs.pipeline import JobContext, failed_result, run_job
 from clipper.jobs.spec import JobSpec, job_id_for_raw, parse_message, reply_to_for_raw
@@ -55,7 +55,8 @@ class Outcome:
     delay: float = 0.0
     error: dict[str, str] | None = None
     attempts: int = 0
-    uncount: bool = True  # requeue: an attempt cut short by our own shutdown is not counted
+    uncount: bool = False  # requeue/retry: this attempt is not counted (our shutdown, the output's outage)
+    output_down: bool = False  # retry: the output could not take the upload
     reason: str | None = None  # requeue: why, for the log
 
 
@@ -113,7 +114,14 @@ class Worker:
             return Outcome("ack", item.raw, item.job_id, result=result, reply_to=spec.reply_to, attempts=item.attempts)
         except Cancelled:
             log.warning("job.cancelled", seconds=round(time.monotonic() - started, 3))
-            return Outcome("requeue", item.raw, item.job_id, attempts=item.attempts, reason="cancelled at the stop deadline")
+            return Outcome("requeue", item.raw, item.job_id, attempts=item.attempts, uncount=True,
+                           reason="cancelled at the stop deadline")
+        except OutputUnavailable as exc:
+            message = logs.scrub(str(exc))
+            log.warning("job.retry", error=message, reason="output unavailable", seconds=round(time.monotonic() - started, 3))
+            # the delay is the main loop's to set: it pauses claiming for the whole daemon
+            return Outcome("retry", item.raw, item.job_id, error={"kind": "transient", "message": message},
+                           attempts=item.attempts, uncount=True, output_down=True)
         except PermanentError as exc:
             return self._failed(item, spec, "permanent", str(exc), log, started)
         except TransientError as exc:
@@ -170,6 +178,8 @@ class Entry:
         self._stop_signals_logged = 0
         self.redis_down_since: float | None = None
         self.abandoned = 0  # workers left stuck after the deadline (their items were requeued)
+        self.output_failures = 0  # consecutive uploads that failed for the output's sake
+        self.output_paused_until = 0.0
         self._next = {"heartbeat": 0.0, "promote": 0.0, "reap": 0.0}
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="clipper-worker")
         self._worker = Worker(settings, self.queue, self.scratch)
@@ -246,8 +256,8 @@ class Entry:
                 self.wake.wait(0.2)
                 self.wake.clear()
                 continue
-            if len(self.in_flight) >= self.workers:
-                self.wake.wait(1.0)  # claim only when a worker slot is free
+            if len(self.in_flight) >= self.workers or self._output_blocks_claim():
+                self.wake.wait(1.0)  # claim only when a worker slot is free (and the output takes writes)
                 self.wake.clear()
                 continue
             try:
@@ -259,8 +269,7 @@ class Entry:
                 continue
             if self.stopping:
                 # the stop signal came while BLMOVE was waiting: this item is not ours to start
-                self.outcomes.append(Outcome("requeue", raw, job_id_for_raw(raw), uncount=False,
-                                             reason="claimed during shutdown"))
+                self.outcomes.append(Outcome("requeue", raw, job_id_for_raw(raw), reason="claimed during shutdown"))
                 continue
             self._start(raw)
 
@@ -297,6 +306,30 @@ class Entry:
                 self.log.error("job.worker_crashed", job_id=item.job_id, error=repr(exc))
                 self.outcomes.append(Outcome("retry", item.raw, item.job_id, delay=1.0,
                                              error={"kind": "transient", "message": repr(exc)}))
+                continue
+            self._follow_output(self.outcomes[-1])
+
+    def _follow_output(self, o: Outcome) -> None:
+        """A circuit breaker on the output (S3 bucket or directory). An upload that failed for
+        the output's sake pauses claiming, with backoff; after the pause one job at a time is
+        let through as a probe, and the first that uploads closes the breaker. Items wait in
+        Q:retry meanwhile, their attempts not used up: an outage loses nothing and kills no
+        message, however long it lasts."""
+        if o.output_down:
+            self.output_failures += 1
+            r = self.settings.retry
+            o.delay = backoff_delay(self.output_failures, r.backoff_base, r.backoff_max)
+            self.output_paused_until = time.monotonic() + o.delay
+            self.log.error("output.unavailable", job_id=o.job_id, error=(o.error or {}).get("message"),
+                           failures=self.output_failures, pause=round(o.delay, 3))
+        elif o.kind == "ack" and self.output_failures:
+            self.log.warning("output.back", job_id=o.job_id, failures=self.output_failures)
+            self.output_failures = 0
+
+    def _output_blocks_claim(self) -> bool:
+        if not self.output_failures:
+            return False
+        return time.monotonic() < self.output_paused_until or bool(self.in_flight)
 
     def _record_outcomes(self) -> None:
         """Record outcomes in order. Redis trouble propagates (the outcome stays queued here);
@@ -319,7 +352,7 @@ class Entry:
             if not self.queue.ack(o.raw, o.job_id, o.result or {}, o.reply_to):
                 self.log.warning("job.reply_skipped", job_id=o.job_id, reply_to=o.reply_to, reason="key is not a list")
         elif o.kind == "retry":
-            self.queue.retry_later(o.raw, o.job_id, o.delay, (o.error or {}).get("message", ""))
+            self.queue.retry_later(o.raw, o.job_id, o.delay, (o.error or {}).get("message", ""), uncount=o.uncount)
         elif o.kind == "bury":
             if not self.queue.bury(o.raw, o.job_id, o.error or {}, o.attempts, o.result or {}, o.reply_to):
                 self.log.warning("job.reply_skipped", job_id=o.job_id, reply_to=o.reply_to, reason="key is not a list")
@@ -388,7 +421,8 @@ class Entry:
             # Workers stuck outside a subprocess (e.g. an S3 call): their items go back anyway.
             for future, item in list(self.in_flight.items()):
                 self.log.error("job.abandoned", job_id=item.job_id)
-                self.outcomes.append(Outcome("requeue", item.raw, item.job_id, reason="worker stuck past the deadline"))
+                self.outcomes.append(Outcome("requeue", item.raw, item.job_id, uncount=True,
+                                             reason="worker stuck past the deadline"))
                 self.in_flight.pop(future)
                 self.abandoned += 1
         return not self.in_flight and not self.outcomes

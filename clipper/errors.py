@@ -20,6 +20,12 @@ class TransientError(ClipperError):
     kind = "transient"
 
 
+class OutputUnavailable(TransientError):
+    """The output (S3 bucket or output directory) cannot take writes now: an outage or a
+    deployment problem, not the message's fault. The item waits without using up an attempt,
+    and the daemon stops claiming until the output takes writes again."""
+
+
 class Cancelled(ClipperError):
     """The daemon is shutting down and killed this job; its item goes back to the queue."""
 

@@ -59,10 +59,14 @@ return {removed, reply}
 """
 
 _RETRY_LATER = """
--- KEYS: processing, retry, job, events. ARGV: raw, member, due, now, event, error
+-- KEYS: processing, retry, job, events. ARGV: raw, member, due, now, event, error, uncount
+-- uncount: the failure was not the message's (the output was down), so no attempt is used up.
 local removed = redis.call('LREM', KEYS[1], 1, ARGV[1])
 if removed == 0 then return 0 end
 redis.call('ZADD', KEYS[2], tonumber(ARGV[3]), ARGV[2])
+if ARGV[7] == '1' and tonumber(redis.call('HGET', KEYS[3], 'attempts') or '0') > 0 then
+  redis.call('HINCRBY', KEYS[3], 'attempts', -1)
+end
 redis.call('HSET', KEYS[3], 'status', 'retrying', 'due_at', ARGV[3], 'updated_at', ARGV[4], 'last_error', ARGV[6])
 redis.call('PUBLISH', KEYS[4], ARGV[5])
 return 1
@@ -275,12 +279,14 @@ class ReliableQueue:
                                                 _result_event(result)])
         return int(replied) >= 0
 
-    def retry_later(self, raw: bytes, job_id: str, delay: float, error: str) -> bool:
+    def retry_later(self, raw: bytes, job_id: str, delay: float, error: str, *, uncount: bool = False) -> bool:
+        """Move the item to Q:retry, due in `delay` seconds; `uncount`: the attempt is not
+        counted (the failure was the output's, not the message's)."""
         due = _now() + delay
         member = f"{random.getrandbits(32):08x}|".encode() + (raw if isinstance(raw, bytes) else raw.encode())
         event = _event(job_id, "retrying", due_at=round(due, 3), error=error)
         return bool(self._retry_later(keys=[self.processing, self.keys.retry, self.keys.job(job_id), self.keys.events],
-                                      args=[raw, member, due, _now(), event, error]))
+                                      args=[raw, member, due, _now(), event, error, "1" if uncount else "0"]))
 
     def bury(self, raw: bytes, job_id: str, error: dict[str, str], attempts: int, result: dict[str, Any],
              reply_to: str | None = None) -> bool:

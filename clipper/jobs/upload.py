@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Protocol
 
-from clipper.errors import PermanentError, TransientError
+from clipper.errors import OutputUnavailable, PermanentError
 from clipper.settings import OutputSettings
 
 CONTENT_TYPES = {
@@ -28,17 +28,13 @@ def content_type_for(key: str) -> str:
 
 
 class Uploader(Protocol):
-    def upload(self, path: Path, key: str, metadata: dict[str, str]) -> None: ...
-
-    def describe(self) -> str: ...
+    def upload(self, path: Path, key: str, metadata: dict[str, str]) -> None:
+        """Put the file at `key`; OutputUnavailable when the output cannot take it now."""
 
 
 class DirUploader:
     def __init__(self, root: Path):
         self.root = root.resolve()
-
-    def describe(self) -> str:
-        return f"dir:{self.root}"
 
     def _target(self, key: str) -> Path:
         target = (self.root / key).resolve()
@@ -58,11 +54,13 @@ class DirUploader:
                     os.fsync(out.fileno())
                 os.chmod(tmp, 0o644)
                 os.replace(tmp, target)
+                _fsync_dir(target.parent)  # the rename itself must survive a power loss
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
                 raise
         except OSError as exc:
-            raise TransientError(f"upload to {target}: {exc.strerror or exc}") from exc
+            # a full disk, a read-only or unmounted volume, permissions: the output, not the job
+            raise OutputUnavailable(f"upload to {target}: {exc.strerror or exc}") from exc
 
 
 class S3Uploader:
@@ -80,9 +78,6 @@ class S3Uploader:
         self.transfer = TransferConfig(multipart_threshold=64 * 1024**2, multipart_chunksize=16 * 1024**2,
                                        max_concurrency=4, use_threads=True)
 
-    def describe(self) -> str:
-        return f"s3://{self.bucket}"
-
     def upload(self, path: Path, key: str, metadata: dict[str, str]) -> None:
         from boto3.exceptions import S3UploadFailedError
         from botocore.exceptions import BotoCoreError, ClientError
@@ -91,9 +86,18 @@ class S3Uploader:
             self.client.upload_file(str(path), self.bucket, key, Config=self.transfer,
                                     ExtraArgs={"ContentType": content_type_for(key), "Metadata": metadata})
         except (ClientError, S3UploadFailedError, BotoCoreError) as exc:
-            # Access denied or a missing bucket are deployment problems, not the message's:
-            # transient, so the job waits for ops instead of being dead-lettered at once.
-            raise TransientError(f"upload to s3://{self.bucket}/{key} failed: {exc}") from exc
+            # Unreachable, 5xx, throttled, but also access denied or a missing bucket: a problem
+            # of the deployment, never of the message, so the job waits for the output (and
+            # ops) instead of using up its attempts and being dead-lettered.
+            raise OutputUnavailable(f"upload to s3://{self.bucket}/{key} failed: {exc}") from exc
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def make_uploader(output: OutputSettings) -> Uploader:
