@@ -22,6 +22,7 @@ system-deps:
 	for tool in ffmpeg:ffmpeg ffprobe:ffmpeg redis-server:redis-server redis-cli:redis-tools wget:wget; do \
 	  command -v $${tool%%:*} >/dev/null 2>&1 || missing="$$missing $${tool##*:}"; \
 	done; \
+	$(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1 || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing system packages:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
@@ -46,10 +47,12 @@ redis-dev: install
 	  redis-server --port $$port --bind 127.0.0.1 --dir var/redis --appendonly yes --daemonize yes \
 	    --pidfile $(CURDIR)/var/run/redis-dev.pid --logfile $(CURDIR)/var/log/redis-dev.log; \
 	  for i in $$(seq 50); do redis-cli -p $$port ping >/dev/null 2>&1 && break; sleep 0.1; done; \
+	  redis-cli -p $$port ping >/dev/null 2>&1 || { echo "redis-server did not start: see var/log/redis-dev.log"; exit 1; }; \
 	fi
 
+# the daemon uses the same Redis URL that was checked (or started) above
 run: redis-dev
-	$(CLIPPER) run dev
+	CLIPPER_REDIS__URL=$(DEV_REDIS_URL) $(CLIPPER) run dev
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
@@ -67,7 +70,8 @@ bench: install
 	$(PY) scripts/bench.py
 
 demo: redis-dev
-	$(PY) scripts/demo.py
+	CLIPPER_REDIS__URL=$(DEV_REDIS_URL) $(PY) scripts/demo.py
 
 clean:
+	@if [ -f var/run/redis-dev.pid ]; then kill "$$(cat var/run/redis-dev.pid)" 2>/dev/null || true; fi
 	rm -rf var .pytest_cache build *.egg-info

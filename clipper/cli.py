@@ -39,16 +39,15 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return {"workers": workers, "daemon": daemon}
 
 
-def _redis(settings: Settings) -> redis.Redis:
-    return redis.Redis.from_url(settings.redis.url, socket_timeout=settings.redis.socket_timeout,
-                                socket_connect_timeout=settings.redis.socket_timeout)
+def _unreachable(settings: Settings, exc: Exception) -> str:
+    return logs.scrub(f"cannot reach Redis at {settings.redis.url}: {exc}")
 
 
 def _queue(settings: Settings):
     from clipper.jobs.spec import job_id_for_raw
-    from clipper.queue import ReliableQueue, default_consumer_id
+    from clipper.queue import ReliableQueue, connect_redis, default_consumer_id
 
-    return ReliableQueue(_redis(settings), settings.redis.queue, default_consumer_id(str(settings.daemon.pid_file)),
+    return ReliableQueue(connect_redis(settings.redis), settings.redis.queue, default_consumer_id(str(settings.daemon.pid_file)),
                          job_id_of=job_id_for_raw, result_ttl=settings.results.ttl)
 
 
@@ -92,7 +91,7 @@ def daemon_main(settings: Settings, readiness: Readiness, *, foreground: bool) -
             entry = Entry(settings, readiness)
             entry.prepare()
         except redis.RedisError as exc:
-            reason = logs.scrub(f"cannot reach Redis at {settings.redis.url}: {exc}")
+            reason = _unreachable(settings, exc)
             readiness.fail(reason)
             log.error("daemon.start_failed", error=reason)
             return 1
@@ -201,7 +200,7 @@ def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
     try:
         _queue(settings).push(raw.strip())
     except redis.RedisError as exc:
-        return _fail(logs.scrub(f"cannot reach Redis at {settings.redis.url}: {exc}"))
+        return _fail(_unreachable(settings, exc))
     print(spec.id)
     return 0
 
@@ -210,7 +209,7 @@ def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
     try:
         stats = _queue(settings).stats()
     except redis.RedisError as exc:
-        return _fail(logs.scrub(f"cannot reach Redis at {settings.redis.url}: {exc}"))
+        return _fail(_unreachable(settings, exc))
     if args.json:
         print(json.dumps(stats))
         return 0
@@ -242,7 +241,7 @@ def cmd_dead(args: argparse.Namespace, settings: Settings) -> int:
         print(f"purged {q.dead_purge()} dead letter(s)")
         return 0
     except redis.RedisError as exc:
-        return _fail(logs.scrub(f"cannot reach Redis at {settings.redis.url}: {exc}"))
+        return _fail(_unreachable(settings, exc))
 
 
 def build_parser() -> argparse.ArgumentParser:

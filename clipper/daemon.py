@@ -20,7 +20,6 @@ import fcntl
 import os
 import select
 import signal
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -231,10 +230,3 @@ def stop_and_wait(pid_file: Path, timeout: float, report: Callable[[str], None],
     report(f"still running after {timeout:g} s (pid {pid})")
     return False
 
-
-def redirect_std_streams(log_fd: int) -> None:
-    """Daemon stdout/stderr go to the log file (tracebacks of last resort land there)."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.dup2(log_fd, 1)
-    os.dup2(log_fd, 2)

@@ -29,7 +29,7 @@ from clipper.jobs.command import JobControl
 from clipper.jobs.pipeline import JobContext, failed_result, run_job
 from clipper.jobs.spec import JobSpec, job_id_for_raw, parse_message, reply_to_for_raw
 from clipper.jobs.upload import make_uploader
-from clipper.queue import ReliableQueue, backoff_delay, default_consumer_id
+from clipper.queue import ReliableQueue, backoff_delay, connect_redis, default_consumer_id
 from clipper.settings import Settings
 
 # Redis is away or cannot take writes for now: wait, keep every outcome, try again.
@@ -67,12 +67,6 @@ class InFlight:
     attempts: int
     control: JobControl
     started: float = field(default_factory=time.monotonic)
-
-
-def connect_redis(settings: Settings) -> redis.Redis:
-    r = settings.redis
-    return redis.Redis.from_url(r.url, socket_timeout=max(r.socket_timeout, 3.0), socket_connect_timeout=r.socket_timeout,
-                                health_check_interval=10)
 
 
 def redis_durability_warnings(client: redis.Redis) -> list[str]:
@@ -163,7 +157,7 @@ class Entry:
         self.log = logs.get_logger(env=settings.env)
         self.workers = settings.workers.resolved_count()
         self.consumer = default_consumer_id(str(settings.daemon.pid_file))
-        self.redis = connect_redis(settings)
+        self.redis = connect_redis(settings.redis)
         self.queue = ReliableQueue(self.redis, settings.redis.queue, self.consumer, job_id_of=job_id_for_raw,
                                    result_ttl=settings.results.ttl)
         self.scratch = settings.daemon.work_dir / self.consumer
@@ -234,8 +228,11 @@ class Entry:
         while True:
             if self.reload_requested:
                 self.reload_requested = False
-                logs.reopen()
-                self.log.info("log.reopened")
+                if logs.reopen():
+                    self.log.info("log.reopened")
+                else:
+                    self.log.error("log.reopen_failed", log_file=str(self.settings.daemon.log_file),
+                                   reason="cannot open the log file; still writing to the old one")
             if self._stop_signals > self._stop_signals_logged:
                 self._log_stop_signal()
             self._collect_finished()

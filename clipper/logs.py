@@ -17,8 +17,9 @@ from typing import Any, TextIO
 
 import structlog
 
-_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s:]*(?::[^/@\s]*)?@")
-_URL_QUERY = re.compile(r"(?P<url>[a-zA-Z][a-zA-Z0-9+.-]*://[^\s?\"']+)\?[^\s\"']*")
+# userinfo runs to the LAST "@" before the path: a password may contain "@" (redis-py splits there)
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s]*@")
+_URL_QUERY = re.compile(r"(?P<url>[a-zA-Z][a-zA-Z0-9+.-]*://[^\s?\"']+)\?[^\s\"')]*")
 _SECRET_KEYS = {"password", "secret", "aws_secret_access_key", "aws_session_token", "token", "authorization"}
 
 
@@ -59,10 +60,17 @@ class ReopenableFile:
         with self._lock:
             self._fh.write(text)
 
-    def reopen(self) -> None:
+    def reopen(self) -> bool:
+        """False when the new file cannot be opened (e.g. logrotate created it with the wrong
+        owner): logging goes on into the old one rather than the daemon dying of it."""
         with self._lock:
-            old, self._fh = self._fh, self._open()
+            try:
+                new = self._open()
+            except OSError:
+                return False
+            old, self._fh = self._fh, new
             old.close()
+            return True
 
     def fileno(self) -> int:
         return self._fh.fileno()
@@ -122,10 +130,10 @@ class _NullLoggerFactory:
         return _NullLogger()
 
 
-def reopen() -> None:
+def reopen() -> bool:
+    """Reopen the log file (SIGHUP); False when that failed and the old file is kept."""
     file = _state.get("file")
-    if file is not None:
-        file.reopen()
+    return file.reopen() if file is not None else True
 
 
 def get_logger(**bind: Any) -> structlog.stdlib.BoundLogger:

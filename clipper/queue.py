@@ -23,6 +23,8 @@ from typing import Any
 
 import redis
 
+from clipper.settings import RedisSettings
+
 # Retry members carry a random 8-hex prefix: a sorted set keeps one copy of equal members,
 # and two identical messages waiting at once must stay two items.
 _RETRY_NONCE_LEN = 9  # "xxxxxxxx|"
@@ -163,6 +165,13 @@ redis.call('LPUSH', KEYS[2], ARGV[2])
 redis.call('HSET', KEYS[3], 'status', 'queued', 'attempts', 0, 'updated_at', ARGV[3], 'progress', 'requeued from dead')
 return 1
 """
+
+
+def connect_redis(settings: RedisSettings) -> redis.Redis:
+    """The one way clipper connects: the socket timeout is at least 3 s, since a claim blocks
+    in BLMOVE for up to 1 s and must not be mistaken for a dead connection."""
+    return redis.Redis.from_url(settings.url, socket_timeout=max(settings.socket_timeout, 3.0),
+                                socket_connect_timeout=settings.socket_timeout, health_check_interval=10)
 
 
 def default_consumer_id(pid_file: str) -> str:
@@ -401,9 +410,6 @@ class ReliableQueue:
             "consumers": live,
             "in_flight": in_flight,
         }
-
-    def held_items(self, consumer: str | None = None) -> list[bytes]:
-        return self.r.lrange(self.keys.processing(consumer or self.consumer), 0, -1)
 
     def dead_entries(self, limit: int = 100) -> list[bytes]:
         return self.r.lrange(self.keys.dead, 0, limit - 1)

@@ -1,4 +1,4 @@
-"""Running wget/ffprobe/ffmpeg: one process group per command, a timeout, no unread pipe,
+"""Running ffprobe/ffmpeg: one process group per command, a timeout, no unread pipe,
 the stderr tail kept for the error message, and a per-job control that lets the main thread
 kill every process group of a job at the shutdown deadline.
 """
@@ -140,11 +140,6 @@ def ffmpeg_base() -> list[str]:
     """Global options every ffmpeg gets: never read stdin, no banner, only errors on stderr,
     and an output that received no packet is an error rather than a silent empty file."""
     return ["ffmpeg", "-nostdin", "-hide_banner", "-v", "error", "-y", "-abort_on", "empty_output"]
-
-
-def thread_options(threads: int) -> list[str]:
-    """Output-side `-threads` (encoder threads); 0 leaves the choice to ffmpeg."""
-    return ["-threads", str(threads)] if threads else []
 
 
 def local_input_options(format_whitelist: str = SOURCE_FORMAT_WHITELIST) -> list[str]:

@@ -271,9 +271,7 @@ def redact_url(url: str) -> str:
         parts = urlsplit(url)
     except ValueError:
         return "(unparseable URL)"
-    netloc = parts.hostname or ""
-    if parts.port:
-        netloc += f":{parts.port}"
+    netloc = parts.netloc.rpartition("@")[2]  # host[:port] as written (IPv6 keeps its brackets)
     return f"{parts.scheme}://{netloc}{parts.path}" + ("?…" if parts.query else "")
 
 

@@ -135,3 +135,4 @@ def test_format_implies_reencode_when_mode_not_given() -> None:
 
 def test_redact_url() -> None:
     assert redact_url("https://user:pw@host:8443/a/b.mp4?X-Amz-Signature=s") == "https://host:8443/a/b.mp4?…"
+    assert redact_url("https://u:p@w@[::1]:80/x?q") == "https://[::1]:80/x?…"
