@@ -1,6 +1,7 @@
 """make_clip at the edges of the media, against real ffmpeg: frame exactness when `start`
-falls between frames (checked by an oracle that decodes everything without seeking), audio
-before a late video start, a video that ends before the audio, non-square pixels, portrait
+falls between frames (checked by an oracle that decodes everything without seeking), and from
+sources where an input-side seek lands after `start` (B-frames in an MP4 without an edit list,
+Matroska, MPEG-TS, container start times), audio before a late video start, a video that ends before the audio, non-square pixels, portrait
 GIFs, copy clips from long GOPs, and bounded threads.
 
 The sources here are generated once per module (small, short) in addition to conftest's.
@@ -15,7 +16,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import pytest
-from mediacheck import SLACK, Source, decode_errors, ffprobe_json
+from mediacheck import SLACK, Source, decode_errors, ffprobe_json, frame_count
 
 import clipper.jobs.clip as clip_module
 from clipper.errors import PermanentError
@@ -63,13 +64,24 @@ SOURCES = {
     # one keyframe every 25 s, longer than any fixed allowance
     "long_gop": lambda p: _ffmpeg(*_video(30, "10", "160x120"), *_audio(30), "-map", "0:v", "-map", "1:a", *H264,
                                   "-g", "250", "-keyint_min", "250", *AAC, str(p)),
+    # B-frames (keyframes every 2 s), 8 s, where an input-side seek to `start` can land after it:
+    # MP4 without an edit list (a keyframe's DTS is two frames before its PTS; video from 0.067)
+    "no_editlist": lambda p: _ffmpeg(*_video(8), *_audio(8), "-map", "0:v", "-map", "1:a", *H264, "-g", "60", *AAC,
+                                     "-movflags", "+faststart", "-use_editlist", "0", str(p)),
+    # Matroska (ffmpeg aims 3/23 s early) with a container start time of 1.479 (video from 1.5)
+    "offset_mkv": lambda p: _ffmpeg(*_video(8), *_audio(8), "-map", "0:v", "-map", "1:a", *H264, "-g", "60", *AAC,
+                                    "-output_ts_offset", "1.5", str(p)),
+    # MPEG-TS (found by bisection) with a container start time of 2.879 (video from 2.9)
+    "offset_ts": lambda p: _ffmpeg(*_video(8), *_audio(8), "-map", "0:v", "-map", "1:a", *H264, "-g", "60", *AAC,
+                                   "-output_ts_offset", "1.5", str(p)),
 }
+SOURCE_EXTENSIONS = {"offset_mkv": "mkv", "offset_ts": "ts"}
 
 
 @pytest.fixture(scope="module")
 def edge(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Source]:
     d = tmp_path_factory.mktemp("edge-sources")
-    paths = {name: d / f"{name}.mp4" for name in SOURCES}
+    paths = {name: d / f"{name}.{SOURCE_EXTENSIONS.get(name, 'mp4')}" for name in SOURCES}
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         for f in [pool.submit(make, paths[name]) for name, make in SOURCES.items()]:
             f.result()
@@ -169,6 +181,62 @@ def test_accurate_first_frame_keeps_its_time(sources, tmp_path: Path, media, con
 def test_accurate_between_frames_at_25_fps(edge, tmp_path: Path, media, control) -> None:
     r = clip(edge["fps25"], 5.03, 15, tmp_path, media, control)
     assert assert_holds_source_frames(r.path, edge["fps25"].path, 5.03, 15) == 249  # 5.04 .. 14.96
+
+
+AAC_FRAME = 1024 / 48000
+
+
+def keyframe_times(path: Path) -> list[Fraction]:
+    """Clip times of the video keyframes, exact, from the packet timestamps and flags."""
+    data = ffprobe_json(path, "-select_streams", "v:0",
+                        "-show_entries", "packet=pts,flags:stream=time_base:format=start_time")
+    tb = Fraction(data["streams"][0]["time_base"])
+    origin = Fraction(data["format"].get("start_time", "0"))
+    return sorted(int(p["pts"]) * tb - origin for p in data["packets"] if "K" in p["flags"])
+
+
+# where `start` is, in frames from the keyframe (30 fps): between the two frames shown before it
+# (the first is lost when the seek lands on the keyframe), on it, and on the frame before it
+CUTS = {"between_frames": Fraction(-3, 2), "on_keyframe": Fraction(0), "frame_before_keyframe": Fraction(-1)}
+
+
+@pytest.mark.parametrize("cut", list(CUTS))
+@pytest.mark.parametrize("source", ["no_editlist", "offset_mkv", "offset_ts"])
+def test_accurate_where_the_seek_lands_after_start_is_frame_exact(edge, source: str, cut: str, tmp_path: Path, media,
+                                                                  control) -> None:
+    src = edge[source]
+    key = keyframe_times(src.path)[2]  # the third keyframe, about 4 s in
+    start = float(key + CUTS[cut] / 30)
+    end = start + 3
+    r = clip(src, start, end, tmp_path, media, control)
+    assert assert_holds_source_frames(r.path, src.path, start, end) == 90
+    video, audio = stream(r.path, "video"), stream(r.path, "audio")
+    # the first frame keeps its time (half a frame in when `start` is between frames); the
+    # audio starts at `start`, so within an audio frame of the first picture, and lasts the clip
+    first = 1 / 60 if cut == "between_frames" else 0.0
+    assert float(video["start_time"]) == pytest.approx(first, abs=0.002)
+    assert abs(float(audio["start_time"])) <= AAC_FRAME
+    assert abs(float(audio["start_time"]) - float(video["start_time"])) <= AAC_FRAME
+    assert stream_length(audio) == pytest.approx(3.0, abs=AAC_FRAME)
+
+
+@pytest.mark.parametrize("fmt", ["mkv", "webm", "gif", "m4a", "mp3"])
+def test_accurate_formats_from_a_source_without_edit_list(edge, fmt: str, tmp_path: Path, media, control) -> None:
+    src = edge["no_editlist"]
+    start = float(keyframe_times(src.path)[2] - Fraction(3, 2) / 30)  # between the frames shown before a keyframe
+    end = start + 2
+    r = clip(src, start, end, tmp_path, media, control, fmt=fmt)
+    if fmt in ("mkv", "webm"):
+        assert assert_holds_source_frames(r.path, src.path, start, end) == 60
+    if fmt == "gif":  # 10 fps from the clip's first frame (the one shown before the keyframe too)
+        assert frame_count(r.path) == 20 and r.info.duration == pytest.approx(2.0, abs=0.01)
+        assert decode_errors(r.path) == ""
+    if fmt in ("mkv", "m4a"):  # AAC, no priming shown; (Opus and MP3 start their own ways)
+        audio = stream(r.path, "audio")
+        assert abs(float(audio["start_time"])) <= AAC_FRAME
+        assert stream_length(audio) == pytest.approx(2.0, abs=AAC_FRAME)
+    if fmt == "mp3":
+        assert r.info.duration == pytest.approx(2.0, abs=0.06)
 
 
 def test_gif_between_frames_still_works(sources, tmp_path: Path, media, control) -> None:

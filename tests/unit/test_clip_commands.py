@@ -15,6 +15,7 @@ from clipper.jobs.clip import (
     display_size,
     ffmpeg_argv,
     output_size,
+    plan_accurate_seek,
     resolve_range,
     scaled_size,
     seconds_arg,
@@ -97,13 +98,22 @@ def test_seconds_arg_has_no_float_noise() -> None:
 
 def test_encode_mp4_exact_argv() -> None:
     m = MediaSettings()
-    cmd = build_encode_command(SRC, media(video()), clip(), 5.5, 10, m, OUT, threads=2)
+    info = media(video())
+    # as make_clip plans it: decode from the keyframe at 4.0 (input side, just past it, where
+    # the demuxer lands on it), drop the frames up to start (output side; the two add up to 5.4995)
+    seek = plan_accurate_seek(info, 5.4995, 4.0)
+    cmd = build_encode_command(SRC, info, clip(), 5.4995, 10, m, OUT, threads=2, seek=seek)
     # -threads on the input bounds the decoder, on the output the encoder; no filter graph here
-    assert cmd == [*BASE, *inputs("5.5", threads=2), "-map", "0:0", "-map", "0:1",
+    assert cmd == [*BASE, *inputs("4.002", threads=2), "-map", "0:0", "-map", "0:1",
                    "-f", "mp4", "-b:a", "128k", "-c:a", "aac", "-c:v", "libx264", "-crf", "20",
                    "-enc_time_base:v", "-1", "-fps_mode", "passthrough",
-                   "-movflags", "+faststart", "-pix_fmt", "yuv420p", "-preset", "veryfast", "-t", "10",
+                   "-movflags", "+faststart", "-pix_fmt", "yuv420p", "-preset", "veryfast", "-ss", "1.4975", "-t", "10",
                    "-threads", "2", str(OUT)]
+
+
+def test_encode_without_a_planned_seek_seeks_to_start() -> None:
+    cmd = build_encode_command(SRC, media(video()), clip(), 5.5, 10, MediaSettings(), OUT)
+    assert cmd[:cmd.index("-i") + 2] == [*BASE, *inputs("5.5")] and cmd.count("-ss") == 1
 
 
 def test_encode_with_resize_uses_a_filter_graph() -> None:
@@ -129,6 +139,19 @@ def test_encode_gif_palette_in_one_graph_capped_width_no_audio() -> None:
         "[s3]palettegen=stats_mode=diff[s5];[s4][s5]paletteuse=bayer_scale=5:dither=bayer[s6]")
     assert cmd[cmd.index("-enc_time_base:v") + 1] == "-1"
     assert cmd.count("-map") == 1 and "-c:a" not in cmd and cmd[cmd.index("-f") + 1] == "gif"
+
+
+def test_gif_is_trimmed_inside_its_graph() -> None:
+    """So the palette and the frame rate see only the clip, and its times are clip times."""
+    m = MediaSettings(gif_fps=12, gif_max_width=480)
+    info = media(video())
+    cmd = build_encode_command(SRC, info, clip("gif"), 5.4995, 3, m, OUT, seek=plan_accurate_seek(info, 5.4995, 4.0))
+    assert cmd[:cmd.index("-i") + 2] == [*BASE, *inputs("4.002")]
+    assert cmd[cmd.index("-filter_complex") + 1] == (
+        "[0:0]trim=start=1.4975[s0];[s0]setpts=PTS-1.4975/TB[s1];[s1]fps=12[s2];[s2]scale=480:270:flags=lanczos[s3];"
+        "[s3]setsar=1[s4];[s4]split=2[s5][s6];[s5]palettegen=stats_mode=diff[s7];"
+        "[s6][s7]paletteuse=bayer_scale=5:dither=bayer[s8]")
+    assert cmd.count("-ss") == 1 and cmd[cmd.index("-t") + 1] == "3"
 
 
 @pytest.mark.parametrize(("fmt", "codec", "muxer"), [("m4a", "aac", "ipod"), ("mp3", "libmp3lame", "mp3")])
@@ -288,6 +311,18 @@ def test_seek_at_or_after_the_first_video_frame_is_on_the_input_side() -> None:
     for start in (1.0, 2.5):
         cmd = build_encode_command(SRC, late_video(), clip(start=start, end=6), start, 6 - start, MediaSettings(), OUT)
         assert cmd.index("-ss") < cmd.index("-i") and cmd.count("-ss") == 1
+
+
+def test_accurate_seek_keeps_the_audio_before_the_first_video_frame() -> None:
+    m, info = MediaSettings(), late_video()
+    for start, key in ((0, 1.0), (0.5, None)):  # as plan_seek: no -ss from 0, output side before the video
+        cmd = build_encode_command(SRC, info, clip(start=start, end=6), start, 6 - start, m, OUT,
+                                   seek=plan_accurate_seek(info, start, key))
+        assert cmd.count("-ss") == (0 if start == 0 else 1) and ("-ss" not in cmd or cmd.index("-ss") > cmd.index("-i"))
+    cmd = build_encode_command(SRC, info, clip(start=3.5, end=6), 3.4995, 2.5, m, OUT,
+                               seek=plan_accurate_seek(info, 3.4995, 3.0))
+    i = cmd.index("-i")
+    assert cmd[i - 2:i] == ["-ss", "3.002"] and cmd[cmd.index("-ss", i) + 1] == "0.4975"
 
 
 # -- non-square pixels -----------------------------------------------------------------------

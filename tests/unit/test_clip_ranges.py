@@ -1,20 +1,30 @@
 """The pure planning of a clip against its media: where the video ends, how long each output
-stream must be, and the keyframe lead-in a copy clip may carry."""
+stream must be, the keyframe lead-in a copy clip may carry, and where a re-encode seeks."""
 
 from __future__ import annotations
 
 from fractions import Fraction
+from pathlib import Path
 
 import pytest
 
+import clipper.jobs.clip as clip_module
 from clipper.errors import PermanentError
 from clipper.jobs.clip import (
+    BISECT_PREROLL,
     DTS_SEEK_SHIFT,
+    Seek,
     copy_seek_target,
     expected_stream_lengths,
+    find_keyframe_before,
+    keyframe_before,
+    keyframe_seek_target,
+    keyframes_from_csv,
     lead_in_from_packets,
+    plan_accurate_seek,
     resolve_range,
 )
+from clipper.jobs.command import JobControl
 from clipper.jobs.probe import AudioStream, MediaInfo, Packet, VideoStream
 from clipper.jobs.spec import ClipSpec
 
@@ -126,3 +136,86 @@ def test_clip_ending_before_the_video_starts_is_permanent() -> None:
         resolve_range(clip(0, 0.5), late)
     assert resolve_range(clip(0, 0.5, "m4a"), late).end == 0.5
     assert resolve_range(clip(0, 1.5), late).end == 1.5
+
+
+# -- where a re-encode seeks: decode from the keyframe at/before start, trim on the output ------
+
+MP4, MKV, TS, AVI = "mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm", "mpegts", "avi"
+
+
+def test_each_demuxer_is_aimed_to_land_on_the_keyframe() -> None:
+    # MP4 lands on the last keyframe whose DTS is at/before the target: just past its PTS
+    assert keyframe_seek_target(source(), 4.0666667) == pytest.approx(4.0686667)
+    # Matroska on the last whose PTS is at/before the target less 3/23 s (with B-frames)
+    assert keyframe_seek_target(source(fmt=MKV), 4.021) == pytest.approx(4.023 + DTS_SEEK_SHIFT)
+    assert keyframe_seek_target(source(fmt=MKV, b_frames=0), 4.021) == pytest.approx(4.023)
+    # MPEG-TS, AVI, ...: may bisect on DTS and resume at the next keyframe, so well before it
+    assert keyframe_seek_target(source(fmt=TS), 4.021) == pytest.approx(4.021 - BISECT_PREROLL)
+    assert keyframe_seek_target(source(fmt=AVI), 4.0) == pytest.approx(4.0 - BISECT_PREROLL)
+
+
+def test_accurate_seek_decodes_from_the_keyframe_and_trims_the_rest() -> None:
+    # MP4 without an edit list: keyframe at 2.0667, start between the frames 4.0 and 4.0333
+    assert plan_accurate_seek(source(), 4.0195, 2.0666667) == Seek(2.068, 1.9515)
+    assert plan_accurate_seek(source(fmt=MKV), 4.0195, 2.021) == Seek(2.153, 1.8665)
+    assert plan_accurate_seek(source(fmt=TS), 4.0195, 2.021) == Seek(1.021, 2.9985)
+
+
+def test_accurate_seek_parts_add_up_to_start_in_microseconds() -> None:
+    for start in (4.0195, 1 / 3, 7 / 30 - 0.0005, 3600.123456):
+        seek = plan_accurate_seek(source(video_end=4000.0), start, 0.1)
+        assert seek.input is not None and seek.output is not None
+        assert round(seek.input * 1e6) % 1000 == 0  # a whole millisecond: exact in the usual time bases
+        assert round(seek.input * 1e6) + round(seek.output * 1e6) == round(start * 1e6)
+
+
+def test_accurate_seek_from_the_keyframe_itself_needs_no_trim() -> None:
+    # a cut on (or within the aim of) the keyframe: as before, input-side at start
+    assert plan_accurate_seek(source(), 3.9995, 4.0) == Seek(3.9995, None)
+    assert plan_accurate_seek(source(), 4.001, 4.0) == Seek(4.001, None)
+
+
+def test_accurate_seek_keeps_the_rules_of_plan_seek() -> None:
+    late = source(video_end=8.0, audio_end=8.0, video_start=1.0)
+    assert plan_accurate_seek(late, 0, 1.0) == Seek(None, None)  # from 0: no -ss at all
+    assert plan_accurate_seek(late, 0.5, None) == Seek(None, 0.5)  # before the video: output side
+    assert plan_accurate_seek(late, 2.5, None) == Seek(None, 2.5)  # no keyframe found: from the file start
+    # aimed before the video would start: from the file start too (no audio is lost that way)
+    assert plan_accurate_seek(source(fmt=TS, video_end=8.0, audio_end=8.0, video_start=1.0), 2.5, 1.0) == Seek(None, 2.5)
+    assert plan_accurate_seek(late, 2.5, 1.0) == Seek(1.002, 1.498)
+    assert plan_accurate_seek(late, 4.5, 3.0) == Seek(3.002, 1.498)
+
+
+def test_accurate_seek_is_in_clip_time() -> None:
+    # container start 1.479 (video from 1.5): the keyframe at 5.5 on the file's clock is at
+    # 4.021 in clip time, where -ss counts (ffmpeg adds the start time)
+    offset = source(fmt=MKV, start_time=1.479, video_start=0.021, video_end=8.0)
+    assert plan_accurate_seek(offset, 6.5195, 4.021) == Seek(4.153, 2.3665)
+
+
+def test_keyframes_from_csv_take_pts_else_dts() -> None:
+    text = "2.066667,2.000000,K_\n2.166667,2.033333,__\nN/A,4.000000,K_\n4.900000,4.833333,K_,\n\nN/A,N/A,K_\n"
+    assert keyframes_from_csv(text) == [2.066667, 4.0, 4.9]
+    assert keyframe_before([2.066667, 4.066667, 6.066667], 4.02) == 2.066667
+    assert keyframe_before([2.066667, 4.066667], 4.0662) == 4.066667  # within the slack: at it
+    assert keyframe_before([4.066667], 4.0) is None
+
+
+def test_keyframe_search_reads_further_back_until_the_video_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    reads: list[tuple[float, float]] = []
+
+    def index(keys: list[float]):
+        def read(src, stream, lo, hi, *, control):
+            reads.append((round(lo, 6), round(hi, 6)))
+            return [k for k in keys if k >= lo - 0.5]  # a bisecting demuxer: only what follows the position
+        return read
+
+    # a TS on the file's clock from 1.4: keyframes every 10 s from the video start at 1.5
+    ts = source(fmt=TS, start_time=1.4, video_start=0.1, video_end=60.0)
+    monkeypatch.setattr(clip_module, "read_keyframes", index([1.5, 11.5, 21.5, 31.5]))
+    assert find_keyframe_before(Path("/s.ts"), ts, 28.6, control=JobControl()) == pytest.approx(20.1)
+    assert reads == [(29.0, 30.5), (26.0, 30.5), (14.0, 30.5)]
+    reads.clear()
+    monkeypatch.setattr(clip_module, "read_keyframes", index([]))  # no keyframe at all
+    assert find_keyframe_before(Path("/s.ts"), ts, 28.6, control=JobControl()) is None
+    assert reads == [(29.0, 30.5), (26.0, 30.5), (14.0, 30.5), (-34.0, 30.5)]  # the last from the file start
