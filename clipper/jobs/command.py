@@ -14,6 +14,9 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+
+import ffmpeg
 
 from clipper.errors import Cancelled, PermanentError, TransientError
 
@@ -168,3 +171,43 @@ def run_ffmpeg(cmd: Sequence[str], *, what: str, timeout: float, control: JobCon
     if any(marker in result.stderr_tail for marker in _TRANSIENT_STDERR):
         raise TransientError(f"{what} failed (exit {result.returncode}): {last}")
     raise PermanentError(f"{what} failed (exit {result.returncode}): {last}")
+
+
+# -- ffmpeg-python arguments (pure) ------------------------------------------------------------
+
+def seconds_arg(seconds: float) -> str:
+    """Seconds for the command line: microsecond precision, no float noise ("5.5", not 5.500000001)."""
+    text = f"{seconds:.6f}".rstrip("0").rstrip(".")
+    return text or "0"
+
+
+def seek_input(src: Path, start: float | str | None, read: float | None = None, *,
+               threads: int = 0) -> ffmpeg.nodes.FilterableStream:
+    """The source as an ffmpeg-python input: input-side seek (`-ss` before `-i`, so ffmpeg
+    jumps through the index; None: no seek) and the local-file whitelists. `start` in seconds,
+    or already formatted; `read`: input-side `-t`, seconds of the input to read at most;
+    `threads` > 0: input-side `-threads N`, which bounds the decoder's threads (the
+    output-side `-threads` only bounds the encoder's)."""
+    opts = local_input_options()
+    kwargs: dict[str, object] = dict(zip((o.lstrip("-") for o in opts[::2]), opts[1::2], strict=True))
+    if start is not None:
+        kwargs["ss"] = start if isinstance(start, str) else seconds_arg(start)
+    if read is not None:
+        kwargs["t"] = seconds_arg(read)
+    if threads > 0:
+        kwargs["threads"] = threads
+    return ffmpeg.input(str(src), **kwargs)
+
+
+def ffmpeg_argv(*streams: object, out: Path, **kwargs: object) -> list[str]:
+    return [*ffmpeg_base(), *ffmpeg.output(*streams, str(out), **kwargs).get_args()]
+
+
+def output_thread_options(threads: int, *, filtered: bool) -> dict[str, object]:
+    """Output-side thread bounds (the decoder's is on the input, see `seek_input`)."""
+    if threads <= 0:
+        return {}
+    opts: dict[str, object] = {"threads": threads}
+    if filtered:
+        opts["filter_complex_threads"] = threads  # a global option: ffmpeg takes it anywhere
+    return opts

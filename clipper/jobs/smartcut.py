@@ -58,8 +58,7 @@ from pathlib import Path
 import ffmpeg
 
 from clipper.errors import PermanentError
-from clipper.jobs.clip import seek_input
-from clipper.jobs.command import JobControl, ffmpeg_base, local_input_options, run_command, run_ffmpeg
+from clipper.jobs.command import JobControl, ffmpeg_base, local_input_options, run_command, run_ffmpeg, seek_input
 from clipper.jobs.probe import PROBE_TIMEOUT, MediaInfo
 from clipper.jobs.smartplan import (
     IndexPacket,

@@ -28,17 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clipper.errors import PermanentError
-from clipper.jobs.clip import (
-    BOUNDARY_SLACK,
-    display_size,
-    ffmpeg_argv,
-    needs_scale,
-    output_thread_options,
-    seconds_arg,
-    seek_input,
-)
-from clipper.jobs.command import JobControl, run_ffmpeg
+from clipper.jobs.command import JobControl, ffmpeg_argv, output_thread_options, run_ffmpeg, seconds_arg, seek_input
+from clipper.jobs.geometry import display_size, needs_scale
 from clipper.jobs.probe import MediaInfo
+from clipper.jobs.seek import BOUNDARY_SLACK
 from clipper.jobs.spec import ThumbSpec
 from clipper.jobs.verify import verify_image
 

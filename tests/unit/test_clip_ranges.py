@@ -8,24 +8,23 @@ from pathlib import Path
 
 import pytest
 
-import clipper.jobs.clip as clip_module
+import clipper.jobs.seek as seek_module
 from clipper.errors import PermanentError
-from clipper.jobs.clip import (
+from clipper.jobs.clip import expected_stream_lengths, resolve_range
+from clipper.jobs.command import JobControl
+from clipper.jobs.probe import AudioStream, MediaInfo, Packet, VideoStream
+from clipper.jobs.seek import (
     BISECT_PREROLL,
     DTS_SEEK_SHIFT,
     Seek,
     copy_seek_target,
-    expected_stream_lengths,
     find_keyframe_before,
     keyframe_before,
     keyframe_seek_target,
     keyframes_from_csv,
     lead_in_from_packets,
     plan_accurate_seek,
-    resolve_range,
 )
-from clipper.jobs.command import JobControl
-from clipper.jobs.probe import AudioStream, MediaInfo, Packet, VideoStream
 from clipper.jobs.spec import ClipSpec
 
 
@@ -212,10 +211,10 @@ def test_keyframe_search_reads_further_back_until_the_video_starts(monkeypatch: 
 
     # a TS on the file's clock from 1.4: keyframes every 10 s from the video start at 1.5
     ts = source(fmt=TS, start_time=1.4, video_start=0.1, video_end=60.0)
-    monkeypatch.setattr(clip_module, "read_keyframes", index([1.5, 11.5, 21.5, 31.5]))
+    monkeypatch.setattr(seek_module, "read_keyframes", index([1.5, 11.5, 21.5, 31.5]))
     assert find_keyframe_before(Path("/s.ts"), ts, 28.6, control=JobControl()) == pytest.approx(20.1)
     assert reads == [(29.0, 30.5), (26.0, 30.5), (14.0, 30.5)]
     reads.clear()
-    monkeypatch.setattr(clip_module, "read_keyframes", index([]))  # no keyframe at all
+    monkeypatch.setattr(seek_module, "read_keyframes", index([]))  # no keyframe at all
     assert find_keyframe_before(Path("/s.ts"), ts, 28.6, control=JobControl()) is None
     assert reads == [(29.0, 30.5), (26.0, 30.5), (14.0, 30.5), (-34.0, 30.5)]  # the last from the file start
