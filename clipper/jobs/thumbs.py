@@ -31,7 +31,7 @@ from clipper.errors import PermanentError
 from clipper.jobs.command import JobControl, ffmpeg_argv, output_thread_options, run_ffmpeg, seconds_arg, seek_input
 from clipper.jobs.geometry import display_size, needs_scale
 from clipper.jobs.probe import MediaInfo
-from clipper.jobs.seek import BOUNDARY_SLACK
+from clipper.jobs.seek import BOUNDARY_SLACK, Seek, accurate_seek
 from clipper.jobs.spec import ThumbSpec
 from clipper.jobs.verify import verify_image
 
@@ -93,16 +93,20 @@ def encoder_options(fmt: str, quality: int) -> dict[str, object]:
 
 
 def build_thumbnail_command(src: Path, source: MediaInfo, thumb: ThumbSpec, out: Path, *,
-                            last_frame: bool = False, threads: int = 0) -> list[str]:
-    """One frame at `thumb.at` (input-side seek, decoded exactly to `at`). With `last_frame`
-    the seek goes LAST_FRAME_WINDOW earlier and every frame overwrites the image
-    (`-update 1`), leaving the last frame before the end of the video."""
+                            last_frame: bool = False, threads: int = 0, seek: Seek | None = None) -> list[str]:
+    """One frame at `thumb.at`, decoded exactly to it. `seek`: from `accurate_seek` (decode
+    from the keyframe before `at`, skip on the output side; None: an input-side seek to `at`,
+    exact where the demuxer lands at or before it). With `last_frame` the seek goes
+    LAST_FRAME_WINDOW earlier and every frame overwrites the image (`-update 1`), leaving the
+    last frame before the end of the video."""
     assert source.video is not None
     w, h = display_size(source.video)
     geo = thumb_size(w, h, thumb.width, thumb.height, thumb.fit)
     at = max(0.0, thumb.at - BOUNDARY_SLACK)  # the frame at `at` even if `at` was rounded
     start = max(0.0, at - LAST_FRAME_WINDOW) if last_frame else at
-    inp = seek_input(src, start, threads=threads)
+    if last_frame or seek is None:
+        seek = Seek(start, None)
+    inp = seek_input(src, seek.input, threads=threads)
     video = inp[str(source.video.index)]
     filtered = needs_scale(source.video, geo.scale_w, geo.scale_h) or geo.cropped
     if needs_scale(source.video, geo.scale_w, geo.scale_h):
@@ -110,6 +114,8 @@ def build_thumbnail_command(src: Path, source: MediaInfo, thumb: ThumbSpec, out:
     if geo.cropped:
         video = video.filter("crop", geo.width, geo.height)  # centred by default
     opts: dict[str, object] = {"format": "image2", "update": 1, **encoder_options(thumb.format, thumb.quality)}
+    if seek.output is not None:
+        opts["ss"] = seconds_arg(seek.output)
     if last_frame:
         opts["t"] = seconds_arg(at - start + LAST_FRAME_WINDOW)
     else:
@@ -142,7 +148,8 @@ def make_thumbnail(src: Path, source: MediaInfo, thumb: ThumbSpec, out_dir: Path
     geo = thumb_size(w, h, thumb.width, thumb.height, thumb.fit)
     try:
         try:
-            run_ffmpeg(build_thumbnail_command(src, source, thumb, tmp, threads=threads), what=label,
+            seek = accurate_seek(src, source, max(0.0, thumb.at - BOUNDARY_SLACK), control=control)
+            run_ffmpeg(build_thumbnail_command(src, source, thumb, tmp, threads=threads, seek=seek), what=label,
                        timeout=timeout, control=control)
         except PermanentError as exc:
             if "Empty output" not in str(exc):

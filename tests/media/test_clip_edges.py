@@ -392,3 +392,23 @@ def test_one_thread_encode_with_filters(sources, tmp_path: Path, media, control)
     assert (r.info.video.width, r.info.video.height) == (160, 90)
     r = clip(sources["gop2"], 1, 3, tmp_path, media, control, fmt="gif", threads=1)
     assert r.info.video.codec == "gif"
+
+
+# -- 6. thumbnails take the frame at `at` where a plain seek lands after it ---------------------
+
+@pytest.mark.parametrize("cut", ["between_frames", "frame_before_keyframe"])
+@pytest.mark.parametrize("source", ["no_editlist", "offset_mkv", "offset_ts"])
+def test_thumbnail_where_the_seek_lands_after_at_is_the_frame_at_at(edge, source: str, cut: str, tmp_path: Path,
+                                                                   control) -> None:
+    from clipper.jobs.spec import ThumbSpec
+    from clipper.jobs.thumbs import make_thumbnail
+
+    src = edge[source]
+    at = float(keyframe_times(src.path)[2] + CUTS[cut] / 30)
+    thumb = ThumbSpec("t", at, None, None, "cover", "png", 90)
+    result = make_thumbnail(src.path, src.info, thumb, tmp_path, control=control, timeout=60)
+    times = frame_times(src.path)
+    expect = next(i for i, t in enumerate(times) if t >= Fraction(at) - Fraction(SLACK))
+    [picture], source_frames = gray_frames(result.path), gray_frames(src.path)
+    scores = {j: psnr(picture, source_frames[j]) for j in range(expect - 3, expect + 4)}
+    assert max(scores, key=scores.__getitem__) == expect and scores[expect] >= MATCH_DB, scores
