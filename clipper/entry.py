@@ -29,19 +29,9 @@ from clipper.jobs.command import JobControl
 from clipper.jobs.pipeline import JobContext, failed_result, run_job
 from clipper.jobs.spec import JobSpec, job_id_for_raw, parse_message, reply_to_for_raw
 from clipper.jobs.upload import make_uploader
-from clipper.queue import ReliableQueue, backoff_delay, connect_redis, default_consumer_id
+from clipper.queue import ReliableQueue, backoff_delay, connect_redis, default_consumer_id, redis_trouble
 from clipper.settings import Settings
 
-# Redis is away or cannot take writes for now: wait, keep every outcome, try again.
-REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.OutOfMemoryError, redis.ReadOnlyError,
-                redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError)
-_TROUBLE_REPLIES = ("BUSY", "LOADING", "MASTERDOWN", "NOREPLICAS", "MISCONF")
-
-
-def redis_trouble(exc: redis.RedisError) -> bool:
-    """True for errors that say Redis is away or refuses writes for now (wait and retry);
-    False for errors about one command's keys or arguments (deal with that item)."""
-    return isinstance(exc, REDIS_ERRORS) or str(exc).startswith(_TROUBLE_REPLIES)
 CANCEL_GRACE = 10.0  # after the deadline kill, how long stuck workers may take to return
 
 
@@ -95,7 +85,7 @@ class Worker:
         self.uploader = make_uploader(settings.output)
 
     def __call__(self, item: InFlight) -> Outcome:
-        log = logs.get_logger(job_id=item.job_id, attempt=item.attempts)
+        log = logs.get_logger(env=self.settings.env, job_id=item.job_id, attempt=item.attempts)
         spec: JobSpec | None = None
         started = time.monotonic()
         try:

@@ -167,6 +167,18 @@ return 1
 """
 
 
+# Redis is away or cannot take writes for now: wait, keep every outcome, try again.
+REDIS_TROUBLE = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.OutOfMemoryError, redis.ReadOnlyError,
+                redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError)
+_TROUBLE_REPLIES = ("BUSY", "LOADING", "MASTERDOWN", "NOREPLICAS", "MISCONF")
+
+
+def redis_trouble(exc: redis.RedisError) -> bool:
+    """True for errors that say Redis is away or refuses writes for now (wait and retry);
+    False for errors about one command's keys or arguments (deal with that item)."""
+    return isinstance(exc, REDIS_TROUBLE) or str(exc).startswith(_TROUBLE_REPLIES)
+
+
 def connect_redis(settings: RedisSettings) -> redis.Redis:
     """The one way clipper connects: the socket timeout is at least 3 s, since a claim blocks
     in BLMOVE for up to 1 s and must not be mistaken for a dead connection."""

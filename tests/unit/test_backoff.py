@@ -23,3 +23,17 @@ def test_keys_derive_from_queue_and_keep_hash_tag() -> None:
 def test_consumer_id_is_stable_per_pid_file() -> None:
     assert default_consumer_id("/var/run/a.pid") == default_consumer_id("/var/run/a.pid")
     assert default_consumer_id("/var/run/a.pid") != default_consumer_id("/var/run/b.pid")
+
+
+def test_redis_trouble_is_waited_out_while_key_errors_are_the_items() -> None:
+    import redis
+
+    from clipper.queue import redis_trouble
+
+    for exc in (redis.ConnectionError("refused"), redis.TimeoutError(), redis.exceptions.OutOfMemoryError("OOM"),
+                redis.ReadOnlyError("READONLY"), redis.ResponseError("BUSY Redis is busy running a script"),
+                redis.ResponseError("LOADING Redis is loading the dataset in memory")):
+        assert redis_trouble(exc), exc
+    for exc in (redis.ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"),
+                redis.exceptions.NoPermissionError("NOPERM")):
+        assert not redis_trouble(exc), exc
