@@ -13,7 +13,8 @@ start exactly at `start` and report the requested duration; the few that ignore 
 show up to one GOP of earlier content first. We never pass `-avoid_negative_ts make_zero`,
 which would make the lead-in visible everywhere. Matroska has no edit lists, so an MKV copy
 clip shows the lead-in and lasts longer than asked by exactly that much. Verification allows
-that lead-in, measured on the source's packet index (`copy_lead_in`), plus COPY_TOLERANCE;
+that lead-in, measured on the source's packet index (`copy_lead_in`, read only when the output
+is longer than COPY_TOLERANCE alone allows, as MKV copies are), plus COPY_TOLERANCE;
 a long GOP is never rejected, an output longer than its own lead-in explains is.
 Use `smart` or `accurate` for frame-exact clips.
 
@@ -327,14 +328,16 @@ def make_clip(src: Path, source: MediaInfo, clip: ClipSpec, out_dir: Path, media
         if mode == "copy":
             cmd = build_copy_command(src, source, clip.format, rng.start, rng.duration, tmp)
             run_ffmpeg(cmd, what=f"{clip_label(clip)} copy", timeout=timeout, control=control)
-            lead_in = copy_lead_in(src, source, rng.start, control=control)
-            tolerance, overshoot = COPY_TOLERANCE, lead_in + COPY_TOLERANCE
+            tolerance, overshoot = COPY_TOLERANCE, COPY_TOLERANCE
+
+            def lead_in() -> float:
+                return copy_lead_in(src, source, rng.start, control=control)
         else:
             begin = max(0.0, rng.start - BOUNDARY_SLACK)
             seek = accurate_seek(src, source, begin, control=control)
             cmd = build_encode_command(src, source, clip, begin, rng.duration, media, tmp, threads=threads, seek=seek)
             run_ffmpeg(cmd, what=f"{clip_label(clip)} encode", timeout=timeout, control=control)
-            tolerance, overshoot = frame_tolerance(source, clip.format, media), None
+            tolerance, overshoot, lead_in = frame_tolerance(source, clip.format, media), None, None
         vcodec, acodec = expected_codecs(clip.format, mode, source)
         reencoded = mode != "copy" and vcodec is not None
         size = output_size(clip, source.video, media) if reencoded else (None, None)
@@ -347,7 +350,7 @@ def make_clip(src: Path, source: MediaInfo, clip: ClipSpec, out_dir: Path, media
             duration=rng.duration, tolerance=tolerance, overshoot=overshoot, width=size[0], height=size[1],
             codec=vcodec, audio_codec=acodec if source.audio else None, square_pixels=reencoded,
             video_duration=video_len if vcodec else None, audio_duration=audio_len if acodec else None,
-            control=control, what=clip_label(clip),
+            explain_overshoot=lead_in, control=control, what=clip_label(clip),
         )
         return ClipResult(finish(tmp, final), info, mode, "; ".join(notes) or None)
     finally:
