@@ -12,6 +12,15 @@ import ipaddress
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+def is_ip_literal(text: str) -> bool:
+    """An IPv4 or IPv6 address written as such (not a host name)."""
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _nets(*specs: tuple[str, str]) -> tuple[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str], ...]:
     return tuple((ipaddress.ip_network(net), why) for net, why in specs)
 

@@ -18,13 +18,8 @@ is longer than COPY_TOLERANCE alone allows, as MKV copies are), plus COPY_TOLERA
 a long GOP is never rejected, an output longer than its own lead-in explains is.
 Use `smart` or `accurate` for frame-exact clips.
 
-Which frames a frame-exact clip holds: those with start <= pts < end, where a frame within
-BOUNDARY_SLACK (0.5 ms) of `start` or `end` counts as being at it: times such as 7/30 s cannot
-be written exactly in decimal, and "start at 0.2333" means the frame at 0.23333... The
-accurate encode gets this by trimming at `start - slack` with the same duration, and by
-encoding in the source's time base (`-enc_time_base:v -1`): with the default 1/fps encoder
-time base, frame times are rounded onto that grid before `-t` applies, so when `start` falls
-between frames the frame at `end` would get in. The smart cut plans with the same rule.
+Which frames a frame-exact clip holds (start <= pts < end, BOUNDARY_SLACK) and how the
+encode gets exactly those: see `seek.py`.
 
 Range rules (`resolve_range`): a format with video ends where the video ends
 (`MediaInfo.video_end`; the container's duration is the longest stream's, and audio may run

@@ -48,7 +48,7 @@ from urllib.parse import quote, unquote, urljoin, urlsplit
 
 from clipper import __version__
 from clipper.errors import Cancelled, ClipperError, PermanentError, TransientError
-from clipper.jobs.addresses import check_address
+from clipper.jobs.addresses import check_address, is_ip_literal
 from clipper.jobs.fetch_s3 import fetch_s3, parse_s3_url
 from clipper.jobs.spec import redact_url
 from clipper.settings import FetchSettings
@@ -118,7 +118,7 @@ def parse_http_url(url: str) -> HttpTarget:
     if any(ord(ch) < 0x20 or ch == "\x7f" for ch in url):  # spaces (from a Location) get quoted below
         raise PermanentError(f"source {where}: URL contains whitespace or control characters")
     try:
-        host = parts.hostname if _is_ip_literal(parts.hostname) else parts.hostname.encode("idna").decode("ascii")
+        host = parts.hostname if is_ip_literal(parts.hostname) else parts.hostname.encode("idna").decode("ascii")
     except UnicodeError:
         raise PermanentError(f"source {where}: host name is not valid IDNA") from None
     target = quote(parts.path or "/", safe="/%:@!$&'()*+,;=-._~")
@@ -131,14 +131,6 @@ def parse_http_url(url: str) -> HttpTarget:
     if port is None:
         port = 443 if scheme == "https" else 80
     return HttpTarget(scheme, host, port, target, authorization, url)
-
-
-def _is_ip_literal(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def source_filename(url_path: str) -> str:
@@ -522,7 +514,7 @@ def check_source_policy(url: str, settings: FetchSettings) -> None:
         raise PermanentError(f"source {where}: invalid URL") from None
     if scheme in ("http", "https"):
         hop = parse_http_url(url)
-        if _is_ip_literal(hop.host):
+        if is_ip_literal(hop.host):
             reason = check_address(ipaddress.ip_address(hop.host), settings.allow_private)
             if reason is not None:
                 raise PermanentError(f"source {where}: {reason}")

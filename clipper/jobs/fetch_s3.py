@@ -21,7 +21,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from clipper.errors import Cancelled, ClipperError, PermanentError, TransientError
-from clipper.jobs.addresses import check_address
+from clipper.jobs.addresses import check_address, is_ip_literal
 from clipper.jobs.spec import redact_url
 from clipper.settings import FetchSettings
 
@@ -32,14 +32,6 @@ PROGRESS_EVERY = 0.5  # seconds between progress callbacks
 S3_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$|^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
-
-
 def parse_s3_url(url: str) -> tuple[str, str]:
     """`s3://bucket/key` -> (bucket, key); the key is taken verbatim (no unquoting; `?` and `#`
     are part of it), as the AWS CLI does."""
@@ -47,7 +39,7 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     bucket, _, key = rest.partition("/")
     if not bucket or not key:
         raise PermanentError(f"source {redact_url(url)}: expected s3://bucket/key")
-    if not S3_BUCKET_RE.match(bucket) or ".." in bucket or _is_ip(bucket):
+    if not S3_BUCKET_RE.match(bucket) or ".." in bucket or is_ip_literal(bucket):
         raise PermanentError(f"source {redact_url(url)}: {bucket[:70]!r} is not a valid S3 bucket name")
     return bucket, key
 

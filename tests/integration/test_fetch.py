@@ -521,8 +521,7 @@ def test_already_cancelled_makes_no_connection(web: TestServer, tmp_path: Path) 
 
 @pytest.fixture(scope="module")
 def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestServer, Path]]:
-    if not shutil.which("openssl"):
-        pytest.skip("openssl is needed to make a test certificate")
+    assert shutil.which("openssl"), "openssl makes the test certificate (make system-deps installs it)"
     d = tmp_path_factory.mktemp("tls")
     cert, key = d / "cert.pem", d / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost",
