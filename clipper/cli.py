@@ -105,10 +105,15 @@ def daemon_main(settings: Settings, readiness: Readiness, *, foreground: bool) -
             log.exception("daemon.crashed")  # a bug; the items we held are recovered at the next start
             return 1
     finally:
+        leftovers = entry is not None and (entry.abandoned or entry.in_flight)
+        if leftovers:
+            # Workers still running (a crash, Redis gone past the deadline) or stuck in a call
+            # that cannot be interrupted: kill their process groups before the lock goes (their
+            # items are requeued, or stay in our processing list for the next start), and do
+            # not let interpreter shutdown join their threads forever.
+            entry.cancel_in_flight()
         lock.release()
-        if entry is not None and entry.abandoned:
-            # Workers stuck in a call that cannot be interrupted (their items are already back
-            # in the queue): do not let interpreter shutdown join their threads forever.
+        if leftovers:
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(1)

@@ -32,6 +32,7 @@ from clipper.jobs.upload import make_uploader
 from clipper.queue import ReliableQueue, backoff_delay, connect_redis, default_consumer_id, redis_trouble
 from clipper.settings import Settings
 
+REPLY_SKIPPED = "reply_to is not a list, or not reachable in one call (cluster slot, ACL)"
 CANCEL_GRACE = 10.0  # after the deadline kill, how long stuck workers may take to return
 
 
@@ -182,15 +183,18 @@ class Entry:
             self.deadline = now + self.settings.daemon.stop_timeout
         else:
             self.deadline = now  # second signal: the deadline is now
-        self.wake.set()
+        # Flags only: no wake.set() here. Event.set takes a lock the main thread may be holding
+        # inside wait()/clear() when the signal arrives, which would deadlock; every wait in
+        # the loop is at most 1 s, so the flag is seen within a second.
 
     def _on_hup(self, _signum: int, _frame: Any) -> None:
         self.reload_requested = True
-        self.wake.set()
 
     # -- start ----------------------------------------------------------------------------------
     def prepare(self) -> None:
-        """Reach Redis, take back our own leftovers, warn about durability; raises on failure."""
+        """Reach Redis, take back our own leftovers, warn about durability; raises on failure.
+        Signal handlers come first: a `reload` racing a `start` must not kill the daemon."""
+        self.install_signals()
         self.redis.ping()
         for warning in redis_durability_warnings(self.redis):
             self.log.warning("redis.durability", warning=warning)
@@ -203,7 +207,6 @@ class Entry:
 
     def run(self) -> int:
         """The loop, after `prepare()` succeeded (errors there mean "cannot start")."""
-        self.install_signals()
         self.log.info("daemon.ready", pid=os.getpid(), workers=self.workers, consumer=self.consumer,
                       queue=self.settings.redis.queue, version=__version__)
         self.readiness.ready()
@@ -303,10 +306,12 @@ class Entry:
         Q:retry meanwhile, their attempts not used up: an outage loses nothing and kills no
         message, however long it lasts."""
         if o.output_down:
-            self.output_failures += 1
-            r = self.settings.retry
-            o.delay = backoff_delay(self.output_failures, r.backoff_base, r.backoff_max)
-            self.output_paused_until = time.monotonic() + o.delay
+            now = time.monotonic()
+            if now >= self.output_paused_until:  # a new trip; failures of jobs already in flight share it
+                self.output_failures += 1
+                r = self.settings.retry
+                self.output_paused_until = now + backoff_delay(self.output_failures, r.backoff_base, r.backoff_max)
+            o.delay = max(0.0, self.output_paused_until - now)
             self.log.error("output.unavailable", job_id=o.job_id, error=(o.error or {}).get("message"),
                            failures=self.output_failures, pause=round(o.delay, 3))
         elif o.kind == "ack" and self.output_failures:
@@ -337,12 +342,12 @@ class Entry:
     def _record(self, o: Outcome) -> None:
         if o.kind == "ack":
             if not self.queue.ack(o.raw, o.job_id, o.result or {}, o.reply_to):
-                self.log.warning("job.reply_skipped", job_id=o.job_id, reply_to=o.reply_to, reason="key is not a list")
+                self.log.warning("job.reply_skipped", job_id=o.job_id, reply_to=o.reply_to, reason=REPLY_SKIPPED)
         elif o.kind == "retry":
             self.queue.retry_later(o.raw, o.job_id, o.delay, (o.error or {}).get("message", ""), uncount=o.uncount)
         elif o.kind == "bury":
             if not self.queue.bury(o.raw, o.job_id, o.error or {}, o.attempts, o.result or {}, o.reply_to):
-                self.log.warning("job.reply_skipped", job_id=o.job_id, reply_to=o.reply_to, reason="key is not a list")
+                self.log.warning("job.reply_skipped", job_id=o.job_id, reply_to=o.reply_to, reason=REPLY_SKIPPED)
         else:
             self.queue.requeue(o.raw, o.job_id, uncount=o.uncount)
             self.log.info("job.requeued", job_id=o.job_id, reason=o.reason)
@@ -385,7 +390,7 @@ class Entry:
             self.log.error("redis.unavailable", error=str(exc), pending_outcomes=len(self.outcomes))
         self._collect_finished()
         if self.stopping and self.deadline is not None and time.monotonic() >= self.deadline:
-            self._cancel_in_flight()
+            self.cancel_in_flight()
         self.wake.wait(min(1.0, 0.1 + (time.monotonic() - self.redis_down_since) / 10))
         self.wake.clear()
 
@@ -403,7 +408,7 @@ class Entry:
         """While stopping: True once nothing is in flight and every outcome is recorded."""
         now = time.monotonic()
         if self.in_flight and self.deadline is not None and now >= self.deadline:
-            self._cancel_in_flight()
+            self.cancel_in_flight()
         if self.in_flight and self.cancelled_at is not None and now - self.cancelled_at > CANCEL_GRACE:
             # Workers stuck outside a subprocess (e.g. an S3 call): their items go back anyway.
             for future, item in list(self.in_flight.items()):
@@ -424,7 +429,7 @@ class Entry:
         self.log.error("daemon.exit_without_redis", unrecorded=[o.job_id for o in self.outcomes])
         return True
 
-    def _cancel_in_flight(self) -> None:
+    def cancel_in_flight(self) -> None:
         if self.cancelled_at is not None:
             return
         self.cancelled_at = time.monotonic()

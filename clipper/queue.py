@@ -42,27 +42,30 @@ redis.call('PERSIST', KEYS[1])
 return attempts
 """
 
+# Every script that writes a job record checks its type before it writes anything: Lua does not
+# roll back, so an error halfway (WRONGTYPE on a key someone else wrote) could leave an item
+# moved without its record, or in no place at all. Such an item is left where it was (-1) and
+# the caller dead-letters it as it is (bury_as_is).
+_JOB_OK = """
+local jt = redis.call('TYPE', KEYS[JOB])['ok']
+if jt ~= 'hash' and jt ~= 'none' then return -1 end
+"""
+
 _ACK = """
--- KEYS: processing, job, events, [reply_to]. ARGV: raw, status, result, now, ttl, event
--- Checks come first: Lua does not roll back, so a failing write halfway would leave the item
--- acknowledged without its event. A reply_to key of another type is skipped (and reported).
-local reply = 0
-if KEYS[4] then
-  local t = redis.call('TYPE', KEYS[4])['ok']
-  if t == 'list' or t == 'none' then reply = 1 else reply = -1 end
-end
+-- KEYS: processing, job, events. ARGV: raw, status, result, now, ttl, event
+""" + _JOB_OK.replace("JOB", "2") + """
 local removed = redis.call('LREM', KEYS[1], 1, ARGV[1])
 redis.call('HSET', KEYS[2], 'status', ARGV[2], 'result', ARGV[3], 'finished_at', ARGV[4], 'updated_at', ARGV[4],
            'progress', ARGV[2])
 redis.call('EXPIRE', KEYS[2], tonumber(ARGV[5]))
-if reply == 1 then redis.call('LPUSH', KEYS[4], ARGV[3]) end
 redis.call('PUBLISH', KEYS[3], ARGV[6])
-return {removed, reply}
+return removed
 """
 
 _RETRY_LATER = """
 -- KEYS: processing, retry, job, events. ARGV: raw, member, due, now, event, error, uncount
 -- uncount: the failure was not the message's (the output was down), so no attempt is used up.
+""" + _JOB_OK.replace("JOB", "3") + """
 local removed = redis.call('LREM', KEYS[1], 1, ARGV[1])
 if removed == 0 then return 0 end
 redis.call('ZADD', KEYS[2], tonumber(ARGV[3]), ARGV[2])
@@ -75,21 +78,16 @@ return 1
 """
 
 _BURY = """
--- KEYS: processing, dead, job, events, [reply_to]. ARGV: raw, dead_entry, result, now, ttl, event
-local reply = 0
-if KEYS[5] then
-  local t = redis.call('TYPE', KEYS[5])['ok']
-  if t == 'list' or t == 'none' then reply = 1 else reply = -1 end
-end
+-- KEYS: processing, dead, job, events. ARGV: raw, dead_entry, result, now, ttl, event
+""" + _JOB_OK.replace("JOB", "3") + """
 local removed = redis.call('LREM', KEYS[1], 1, ARGV[1])
-if removed == 0 then return {0, 0} end
+if removed == 0 then return 0 end
 redis.call('LPUSH', KEYS[2], ARGV[2])
 redis.call('HSET', KEYS[3], 'status', 'failed', 'result', ARGV[3], 'finished_at', ARGV[4], 'updated_at', ARGV[4],
            'progress', 'failed')
 redis.call('EXPIRE', KEYS[3], tonumber(ARGV[5]))
-if reply == 1 then redis.call('LPUSH', KEYS[5], ARGV[3]) end
 redis.call('PUBLISH', KEYS[4], ARGV[6])
-return {1, reply}
+return 1
 """
 
 _BURY_AS_IS = """
@@ -104,6 +102,7 @@ _REQUEUE = """
 -- KEYS: processing, queue, job, events. ARGV: raw, now, event, uncount
 -- Back to the consuming end of Q (it was next in line). An attempt cut short by our own
 -- shutdown is not the message's fault, so it is not counted.
+""" + _JOB_OK.replace("JOB", "3") + """
 local removed = redis.call('LREM', KEYS[1], 1, ARGV[1])
 if removed == 0 then return 0 end
 redis.call('RPUSH', KEYS[2], ARGV[1])
@@ -125,7 +124,10 @@ for i = 1, n do
   local member, event = ARGV[1 + 2 * i], ARGV[2 + 2 * i]
   if redis.call('ZREM', KEYS[1], member) == 1 then
     redis.call('RPUSH', KEYS[2], string.sub(member, 10))
-    redis.call('HSET', KEYS[3 + i], 'status', 'queued', 'updated_at', ARGV[1], 'progress', 'retry due')
+    local jt = redis.call('TYPE', KEYS[3 + i])['ok']
+    if jt == 'hash' or jt == 'none' then
+      redis.call('HSET', KEYS[3 + i], 'status', 'queued', 'updated_at', ARGV[1], 'progress', 'retry due')
+    end
     redis.call('PUBLISH', KEYS[3], event)
     moved[#moved + 1] = i
   end
@@ -145,7 +147,10 @@ for i = 1, n do
   local raw, event = ARGV[4 + 2 * i], ARGV[5 + 2 * i]
   if redis.call('LREM', KEYS[1], 1, raw) == 1 then
     redis.call('RPUSH', KEYS[2], raw)
-    redis.call('HSET', KEYS[5 + i], 'status', 'queued', 'updated_at', ARGV[3], 'progress', ARGV[4])
+    local jt = redis.call('TYPE', KEYS[5 + i])['ok']
+    if jt == 'hash' or jt == 'none' then
+      redis.call('HSET', KEYS[5 + i], 'status', 'queued', 'updated_at', ARGV[3], 'progress', ARGV[4])
+    end
     redis.call('PUBLISH', KEYS[5], event)
     moved[#moved + 1] = i
   end
@@ -179,6 +184,11 @@ def redis_trouble(exc: redis.RedisError) -> bool:
     return isinstance(exc, REDIS_TROUBLE) or str(exc).startswith(_TROUBLE_REPLIES)
 
 
+class JobRecordError(redis.ResponseError):
+    """A job's record key (Q:job:<id>) holds another type: nothing was written, the item stays
+    where it was, and the caller dead-letters it as it is."""
+
+
 def connect_redis(settings: RedisSettings) -> redis.Redis:
     """The one way clipper connects: the socket timeout is at least 3 s, since a claim blocks
     in BLMOVE for up to 1 s and must not be mistaken for a dead connection."""
@@ -199,7 +209,7 @@ def backoff_delay(attempt: int, base: float, maximum: float, rng: random.Random 
     """Exponential backoff with full jitter in its upper half: base * 2**(attempt-1), capped,
     then a random point between half of it and all of it (spreads a thundering herd)."""
     rng = rng or random
-    ceiling = min(maximum, base * (2 ** max(0, attempt - 1)))
+    ceiling = min(maximum, base * (2 ** min(max(0, attempt - 1), 60)))  # no float overflow, however long
     return ceiling / 2 + rng.random() * ceiling / 2
 
 
@@ -291,14 +301,13 @@ class ReliableQueue:
         return attempts
 
     def ack(self, raw: bytes, job_id: str, result: dict[str, Any], reply_to: str | None = None) -> bool:
-        """Record the result (job hash, reply_to, event) and remove the item, in one step.
-        Returns False when reply_to names a key that is not a list (the result is recorded
-        and the item acknowledged all the same)."""
-        keys = [self.processing, self.keys.job(job_id), self.keys.events] + ([reply_to] if reply_to else [])
+        """Record the result (job hash, event) and remove the item, in one step; then LPUSH the
+        result to reply_to. Returns False when that reply could not be delivered (see _reply)."""
         payload = json.dumps(result, separators=(",", ":"))
-        _, replied = self._ack(keys=keys, args=[raw, result.get("status", "done"), payload, _now(), self.result_ttl,
-                                                _result_event(result)])
-        return int(replied) >= 0
+        self._checked(job_id, self._ack(keys=[self.processing, self.keys.job(job_id), self.keys.events],
+                                        args=[raw, result.get("status", "done"), payload, _now(), self.result_ttl,
+                                              _result_event(result)]))
+        return self._reply(reply_to, payload)
 
     def retry_later(self, raw: bytes, job_id: str, delay: float, error: str, *, uncount: bool = False) -> bool:
         """Move the item to Q:retry, due in `delay` seconds; `uncount`: the attempt is not
@@ -306,19 +315,43 @@ class ReliableQueue:
         due = _now() + delay
         member = f"{random.getrandbits(32):08x}|".encode() + (raw if isinstance(raw, bytes) else raw.encode())
         event = _event(job_id, "retrying", due_at=round(due, 3), error=error)
-        return bool(self._retry_later(keys=[self.processing, self.keys.retry, self.keys.job(job_id), self.keys.events],
-                                      args=[raw, member, due, _now(), event, error, "1" if uncount else "0"]))
+        return bool(self._checked(job_id, self._retry_later(
+            keys=[self.processing, self.keys.retry, self.keys.job(job_id), self.keys.events],
+            args=[raw, member, due, _now(), event, error, "1" if uncount else "0"])))
 
     def bury(self, raw: bytes, job_id: str, error: dict[str, str], attempts: int, result: dict[str, Any],
              reply_to: str | None = None) -> bool:
-        """Dead-letter the item with the reason, record the failed result, tell the producer.
-        Returns False when reply_to names a key that is not a list (buried all the same)."""
+        """Dead-letter the item with the reason and record the failed result, in one step; then
+        tell the producer. Returns False when that reply could not be delivered."""
         now = _now()
         entry = _dead_entry(raw, job_id, error, attempts, now)
-        keys = [self.processing, self.keys.dead, self.keys.job(job_id), self.keys.events] + ([reply_to] if reply_to else [])
-        _, replied = self._bury(keys=keys, args=[raw, entry, json.dumps(result, separators=(",", ":")), now,
-                                                 self.result_ttl, _result_event(result)])
-        return int(replied) >= 0
+        payload = json.dumps(result, separators=(",", ":"))
+        self._checked(job_id, self._bury(keys=[self.processing, self.keys.dead, self.keys.job(job_id), self.keys.events],
+                                         args=[raw, entry, payload, now, self.result_ttl, _result_event(result)]))
+        return self._reply(reply_to, payload)
+
+    def _reply(self, reply_to: str | None, payload: str) -> bool:
+        """LPUSH the result to the producer's list, after the outcome is recorded: reply_to is
+        the producer's key, not derived from Q, so in Redis Cluster it may live in another slot
+        and cannot be part of the script. A key of another type, another slot than the client
+        can reach in one call, or no permission: False (the outcome stands; the result is in
+        Q:job:<id> and on Q:events). Redis trouble propagates: the outcome is recorded again
+        later, and the reply pushed then."""
+        if not reply_to:
+            return True
+        try:
+            self.r.lpush(reply_to, payload)
+        except redis.ResponseError as exc:
+            if redis_trouble(exc):
+                raise
+            return False
+        return True
+
+    def _checked(self, job_id: str, outcome: Any) -> Any:
+        if outcome == -1:
+            raise JobRecordError(f"{self.keys.job(job_id)} holds a {self.r.type(self.keys.job(job_id))!r}, not a job "
+                                 "record; the item was left where it was")
+        return outcome
 
     def bury_as_is(self, raw: bytes, job_id: str, message: str, attempts: int) -> bool:
         """Dead-letter the item without touching its job record (which could not be written)."""
@@ -327,8 +360,9 @@ class ReliableQueue:
 
     def requeue(self, raw: bytes, job_id: str, *, uncount: bool = True) -> bool:
         """Put a held item back at the consuming end of Q (shutdown deadline)."""
-        return bool(self._requeue(keys=[self.processing, self.keys.queue, self.keys.job(job_id), self.keys.events],
-                                  args=[raw, _now(), _event(job_id, "queued"), "1" if uncount else "0"]))
+        return bool(self._checked(job_id, self._requeue(
+            keys=[self.processing, self.keys.queue, self.keys.job(job_id), self.keys.events],
+            args=[raw, _now(), _event(job_id, "queued"), "1" if uncount else "0"])))
 
     def set_progress(self, job_id: str, progress: str) -> None:
         self.r.hset(self.keys.job(job_id), mapping={"progress": progress, "updated_at": _now()})

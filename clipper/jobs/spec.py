@@ -213,6 +213,8 @@ def _decode(raw: bytes | str) -> Any:
         return text
     try:
         return json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise PermanentError("message is not valid JSON: nested too deeply") from None
     except ValueError as exc:
         raise PermanentError(f"message is not valid JSON: {exc}") from None
 

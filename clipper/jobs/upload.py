@@ -7,6 +7,7 @@ sees half a file. S3 credentials come from the standard AWS chain, never from se
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -23,6 +24,10 @@ CONTENT_TYPES = {
 }
 
 
+# errors that say the key's path collides with what is there, not that the output is down
+_KEY_CONFLICTS = frozenset({errno.EEXIST, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG})
+
+
 def content_type_for(key: str) -> str:
     return CONTENT_TYPES.get(key.rsplit(".", 1)[-1].lower(), "application/octet-stream")
 
@@ -33,8 +38,9 @@ class Uploader(Protocol):
 
 
 class DirUploader:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, prefix: str = ""):
         self.root = root.resolve()
+        self.jobs_root = self.root / prefix.strip("/")  # below it, paths come from messages
 
     def _target(self, key: str) -> Path:
         target = (self.root / key).resolve()
@@ -59,6 +65,11 @@ class DirUploader:
                 Path(tmp).unlink(missing_ok=True)
                 raise
         except OSError as exc:
+            if exc.errno in _KEY_CONFLICTS and self.jobs_root.is_dir():
+                # another output already holds this path as a file or a directory: the message's
+                # keys, not the output, are the problem (retrying cannot help)
+                raise PermanentError(f"upload to {target}: {exc.strerror or exc} (the key collides with another "
+                                     "output's; choose another output_prefix or name)") from exc
             # a full disk, a read-only or unmounted volume, permissions: the output, not the job
             raise OutputUnavailable(f"upload to {target}: {exc.strerror or exc}") from exc
 
@@ -101,4 +112,4 @@ def _fsync_dir(path: Path) -> None:
 
 
 def make_uploader(output: OutputSettings) -> Uploader:
-    return S3Uploader(output) if output.kind == "s3" else DirUploader(output.dir)
+    return S3Uploader(output) if output.kind == "s3" else DirUploader(output.dir, output.prefix)

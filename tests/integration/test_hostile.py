@@ -78,6 +78,7 @@ def hostile_messages(http, tmp_root) -> dict[str, bytes]:
         "string number start": msg(clips=clip(start="5")),
         "bad time string": msg(clips=clip(start="1:2:3:4")),
         "huge dimension": msg(clips=clip(mode="accurate", width=100_000)),
+        "deep nesting": b"[" * 100_000 + b"]" * 100_000,  # RecursionError in json, not a crash
         "reply_to with spaces": msg(reply_to="app results; FLUSHALL"),
         "nan start": b'{"source": "%s", "clips": [{"name": "a", "start": NaN, "end": 2}]}' % good_source.encode(),
         "infinity end": b'{"source": "%s", "clips": [{"name": "a", "start": 0, "end": Infinity}]}' % good_source.encode(),

@@ -54,3 +54,16 @@ def test_unwritable_output_directory_waits_for_ops(clipper: ClipperHarness, http
     blocked.unlink()
     assert clipper.wait_job("w1", timeout=30)["status"] == "done"
     assert clipper.output_path("clips/w1/a.mp4").is_file()
+
+
+def test_a_key_colliding_with_another_jobs_output_is_the_messages_fault(clipper: ClipperHarness, http) -> None:
+    clipper.configure(**{"workers.count": 1})
+    clipper.start()
+    clipper.push(job(http, "first"))  # writes clips/first/a.mp4
+    assert clipper.wait_job("first")["status"] == "done"
+    # a valid output_prefix that names the file above as a directory
+    clipper.push({**job(http, "second"), "output_prefix": "first/a.mp4"})
+    assert clipper.wait_job("second")["status"] == "failed"
+    [entry] = clipper.dead()
+    assert "collides with another output" in entry["error"]["message"] and entry["attempts"] == 1, entry
+    assert not events(clipper, "output.unavailable")

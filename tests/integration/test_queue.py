@@ -197,3 +197,20 @@ def test_stats(q, redis) -> None:
     s = q.stats()
     assert (s["pending"], s["processing"], s["retry"], s["dead"]) == (1, 1, 0, 0)
     assert s["consumers"][0]["consumer"] == "c1" and s["in_flight"] == {"c1": 1}
+
+
+def test_a_job_record_of_another_type_leaves_the_item_in_place(q, redis) -> None:
+    from clipper.queue import JobRecordError
+
+    redis.set(f"{Q}:job:j", "not a hash")
+    q.push(b"m")
+    q.claim(0.1)
+    for move in (lambda: q.ack(b"m", "j", {"id": "j", "status": "done"}),
+                 lambda: q.bury(b"m", "j", {"kind": "permanent", "message": "x"}, 1, {"id": "j"}),
+                 lambda: q.retry_later(b"m", "j", 1, "x"),
+                 lambda: q.requeue(b"m", "j")):
+        with pytest.raises(JobRecordError, match="not a job record"):
+            move()
+        assert places(redis, b"m") == ["processing:c1"]  # nothing half done
+    assert q.bury_as_is(b"m", "j", "cannot record", 1)
+    assert places(redis, b"m") == ["dead"]

@@ -66,3 +66,15 @@ def test_a_buried_poison_message_still_reaches_its_reply_to(clipper: ClipperHarn
     assert clipper.wait_job("poison2")["status"] == "failed"
     reply = json.loads(clipper.r.rpop("app:poison-results"))
     assert reply["id"] == "poison2" and reply["status"] == "failed" and "retry.max_attempts" in reply["error"]["message"]
+
+
+def test_a_job_record_of_another_type_ends_dead_with_the_reason(clipper: ClipperHarness, http) -> None:
+    clipper.r.set(clipper.key("job:squatted"), "someone else's string")
+    clipper.start()
+    raw = clipper.push(short_job(http, "squatted"))
+    clipper.push(short_job(http, "neighbour"))
+    assert clipper.wait_job("neighbour")["status"] == "done"
+    clipper.wait_until(lambda: clipper.places(raw) == ["dead"], 30, "the item to be dead-lettered")
+    [entry] = clipper.dead()
+    assert "not a job record" in entry["error"]["message"], entry
+    assert clipper.running_pid() == clipper.pid

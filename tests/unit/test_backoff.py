@@ -37,3 +37,9 @@ def test_redis_trouble_is_waited_out_while_key_errors_are_the_items() -> None:
     for exc in (redis.ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"),
                 redis.exceptions.NoPermissionError("NOPERM")):
         assert not redis_trouble(exc), exc
+
+
+def test_backoff_never_overflows_however_many_attempts() -> None:
+    from clipper.queue import backoff_delay
+
+    assert 150 <= backoff_delay(10_000, 2.0, 300.0) <= 300

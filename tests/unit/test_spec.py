@@ -136,3 +136,15 @@ def test_format_implies_reencode_when_mode_not_given() -> None:
 def test_redact_url() -> None:
     assert redact_url("https://user:pw@host:8443/a/b.mp4?X-Amz-Signature=s") == "https://host:8443/a/b.mp4?…"
     assert redact_url("https://u:p@w@[::1]:80/x?q") == "https://[::1]:80/x?…"
+
+
+def test_deeply_nested_json_is_an_invalid_message_not_a_crash() -> None:
+    from clipper.errors import PermanentError
+    from clipper.jobs.spec import reply_to_for_raw
+    from clipper.settings import MediaSettings
+
+    raw = b"[" * 100_000 + b"]" * 100_000
+    assert job_id_for_raw(raw).startswith("x-")
+    assert reply_to_for_raw(raw) is None
+    with pytest.raises(PermanentError, match="nested too deeply"):
+        parse_message(raw, MediaSettings())
