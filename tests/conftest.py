@@ -239,6 +239,18 @@ class ClipperHarness:
         m = re.search(r"\b(\d+)\b", r.stdout)
         return int(m[1]) if r.returncode == 0 and m else None
 
+    def start_slow_encode(self, http, **settings: Any) -> bytes:
+        """Start the daemon with one worker on a re-encode that takes ~20 s (slowest x264
+        preset, one thread) and return its raw item once ffmpeg is encoding."""
+        self.configure(**{"workers.count": 1, "workers.ffmpeg_threads": 1, "media.x264_preset": "veryslow", **settings})
+        self.start()
+        raw = self.push({"id": "encode", "source": http.url("/media/sample.mp4"),
+                         "clips": [{"name": "long", "start": 0, "end": 28, "mode": "accurate"}]})
+        marker = str(self.root) + os.sep
+        self.wait_until(lambda: any("ffmpeg" in cmd for _, cmd in processes_mentioning(marker)), 20,
+                        "ffmpeg to be encoding")
+        return raw
+
     def kill9(self, pid: int | None = None) -> None:
         """kill -9 the daemon (as the OOM killer or a power cut would) and wait until it is gone."""
         pid = pid or self.pid

@@ -3,10 +3,9 @@ back at once; a message that kills the daemon every time ends in Q:dead after ma
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING
 
-from services import assert_no_processes_under, processes_mentioning
+from services import assert_no_processes_under
 
 if TYPE_CHECKING:
     from conftest import ClipperHarness
@@ -46,14 +45,7 @@ def test_kill9_mid_job_then_restart_finishes_everything(clipper: ClipperHarness,
 
 
 def test_kill9_during_ffmpeg_leaves_no_orphan_encoder(clipper: ClipperHarness, http) -> None:
-    # a re-encode that takes ~20 s (slowest x264 preset, one thread)
-    clipper.configure(**{"workers.count": 1, "workers.ffmpeg_threads": 1, "media.x264_preset": "veryslow"})
-    clipper.start()
-    raw = clipper.push({"id": "encode", "source": http.url("/media/sample.mp4"),
-                        "clips": [{"name": "long", "start": 0, "end": 28, "mode": "accurate"}]})
-    marker = str(clipper.root) + os.sep
-    clipper.wait_until(lambda: any("ffmpeg" in cmd for _, cmd in processes_mentioning(marker)), 20,
-                       "ffmpeg to be encoding")
+    raw = clipper.start_slow_encode(http)
     clipper.kill9()
     assert_no_processes_under(clipper.root, "the daemon's children die with it")
     assert clipper.places(raw) == ["processing"]

@@ -8,7 +8,7 @@ import signal
 import time
 from typing import TYPE_CHECKING
 
-from services import assert_no_processes_under, pid_gone, processes_mentioning
+from services import assert_no_processes_under, pid_gone
 
 if TYPE_CHECKING:
     from conftest import ClipperHarness
@@ -122,15 +122,7 @@ def test_stop_with_idle_workers_is_prompt_and_claims_nothing_more(clipper: Clipp
 
 
 def test_stop_deadline_kills_a_running_ffmpeg(clipper: ClipperHarness, http) -> None:
-    # a re-encode that takes ~20 s (slowest x264 preset, one thread), cut short by a 1 s grace
-    clipper.configure(**{"workers.count": 1, "workers.ffmpeg_threads": 1, "media.x264_preset": "veryslow",
-                         "daemon.stop_timeout": 1})
-    clipper.start()
-    raw = clipper.push({"id": "encode", "source": http.url("/media/sample.mp4"),
-                        "clips": [{"name": "long", "start": 0, "end": 28, "mode": "accurate"}]})
-    marker = str(clipper.root) + os.sep
-    clipper.wait_until(lambda: any("ffmpeg" in cmd for _, cmd in processes_mentioning(marker)), 20,
-                       "ffmpeg to be encoding")
+    raw = clipper.start_slow_encode(http, **{"daemon.stop_timeout": 1})  # cut short by a 1 s grace
 
     stop = clipper.stop(timeout=30)
     assert stop.returncode == 0, stop
