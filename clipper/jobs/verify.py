@@ -162,39 +162,23 @@ def probe_output(path: Path, *, control: JobControl | None, what: str) -> MediaI
 def verify_output(
     path: Path,
     *,
-    expect_video: bool,
-    expect_audio: bool | None,
-    duration: float | None,
-    tolerance: float,
-    width: int | None = None,
-    height: int | None = None,
-    codec: str | None = None,
-    audio_codec: str | None = None,
-    overshoot: float | None = None,
-    square_pixels: bool = False,
-    video_duration: float | None = None,
-    audio_duration: float | None = None,
     explain_overshoot: Callable[[], float] | None = None,
     control: JobControl | None = None,
     what: str = "output",
+    **expected: Any,
 ) -> MediaInfo:
-    """Probe a clip we wrote and raise unless it has the expected streams, durations (the
-    container's and, when given, each stream's), dimensions and codecs; returns the probe for
-    the result record. `explain_overshoot`: asked only when the output is off, for seconds it
-    may run longer than `overshoot` allows (a copy clip's keyframe lead-in, which costs a read
-    of the packet index: not worth it for the usual output that is on time)."""
+    """Probe a clip we wrote and raise unless it is what `expected` (the keyword arguments of
+    `check_media`) describes: streams, durations (the container's and, when given, each
+    stream's), dimensions and codecs; returns the probe for the result record.
+    `explain_overshoot`: asked only when the output is off, for seconds it may run longer than
+    `overshoot` allows (a copy clip's keyframe lead-in, which costs a read of the packet index:
+    not worth it for the usual output that is on time)."""
     _check_file(path, what)
     info = probe_output(path, control=control, what=what)
-
-    def problems_with(allowed: float | None) -> list[str]:
-        return check_media(info, expect_video=expect_video, expect_audio=expect_audio, duration=duration,
-                           tolerance=tolerance, overshoot=allowed, width=width, height=height, codec=codec,
-                           audio_codec=audio_codec, square_pixels=square_pixels, video_duration=video_duration,
-                           audio_duration=audio_duration)
-
-    problems = problems_with(overshoot)
+    problems = check_media(info, **expected)
     if problems and explain_overshoot is not None:
-        problems = problems_with((overshoot or tolerance) + explain_overshoot())
+        allowed = (expected.get("overshoot") or expected["tolerance"]) + explain_overshoot()
+        problems = check_media(info, **{**expected, "overshoot": allowed})
     if problems:
         raise PermanentError(f"{what}: bad output: {'; '.join(problems)}")
     return info
