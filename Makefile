@@ -72,6 +72,10 @@ bench: install
 demo: redis-dev
 	CLIPPER_REDIS__URL=$(DEV_REDIS_URL) $(PY) scripts/demo.py
 
+# the var/ Redis saves on SIGTERM and will not exit if its directory is gone: wait for it first
 clean:
-	@if [ -f var/run/redis-dev.pid ]; then kill "$$(cat var/run/redis-dev.pid)" 2>/dev/null || true; fi
+	@if [ -f var/run/redis-dev.pid ]; then \
+	  pid=$$(cat var/run/redis-dev.pid); kill "$$pid" 2>/dev/null || true; \
+	  for i in $$(seq 50); do kill -0 "$$pid" 2>/dev/null || break; sleep 0.1; done; \
+	fi
 	rm -rf var .pytest_cache build *.egg-info
