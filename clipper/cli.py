@@ -131,8 +131,7 @@ def cmd_start(args: argparse.Namespace, settings: Settings) -> int:
     problem = _cannot_start(settings)
     if problem:
         return _fail(problem)
-    ok, detail = start_detached(lambda readiness, _fds: daemon_main(settings, readiness, foreground=False),
-                                keep_fds=[], wait=args.wait)
+    ok, detail = start_detached(lambda readiness: daemon_main(settings, readiness, foreground=False), wait=args.wait)
     if not ok:
         return _fail(f"start failed: {detail}")
     print(detail)

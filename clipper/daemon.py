@@ -149,9 +149,9 @@ class Readiness:
         self.fd = None
 
 
-def start_detached(run: Callable[[Readiness, list[int]], int], *, keep_fds: list[int], wait: float = 30.0) -> tuple[bool, str]:
+def start_detached(run: Callable[[Readiness], int], *, wait: float = 30.0) -> tuple[bool, str]:
     """Fork; the child detaches (DaemonContext: double fork, setsid, umask 022, chdir /,
-    stdin closed, other fds closed) and calls `run(readiness, keep_fds)`. The parent waits for
+    stdin closed, other fds closed) and calls `run(readiness)`. The parent waits for
     the readiness line. Returns (ok, "pid" or reason)."""
     read_fd, write_fd = os.pipe()
     pid = os.fork()
@@ -162,13 +162,13 @@ def start_detached(run: Callable[[Readiness, list[int]], int], *, keep_fds: list
             context = python_daemon.DaemonContext(
                 umask=0o022,
                 working_directory="/",
-                files_preserve=[write_fd, *keep_fds],
+                files_preserve=[write_fd],
                 detach_process=True,
                 signal_map={},  # the daemon installs its own handlers in its main thread
                 prevent_core=True,
             )
             with context:
-                code = run(Readiness(write_fd), keep_fds)
+                code = run(Readiness(write_fd))
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
         except BaseException as exc:  # noqa: BLE001 - report anything to the waiting parent

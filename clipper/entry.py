@@ -16,7 +16,7 @@ import signal
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -57,7 +57,6 @@ class InFlight:
     job_id: str
     attempts: int
     control: JobControl
-    started: float = field(default_factory=time.monotonic)
 
 
 def redis_durability_warnings(client: redis.Redis) -> list[str]:
@@ -142,7 +141,7 @@ class Worker:
 class Entry:
     """Owns the loop, the pool and the signals; talks to the queue and to the workers."""
 
-    def __init__(self, settings: Settings, readiness: Readiness | None = None, reopen_log: Any = None):
+    def __init__(self, settings: Settings, readiness: Readiness | None = None):
         self.settings = settings
         self.readiness = readiness or Readiness()
         self.log = logs.get_logger(env=settings.env)
@@ -340,17 +339,18 @@ class Entry:
             self.outcomes.popleft()
 
     def _record(self, o: Outcome) -> None:
+        replied = True
         if o.kind == "ack":
-            if not self.queue.ack(o.raw, o.job_id, o.result or {}, o.reply_to):
-                self.log.warning("job.reply_skipped", job_id=o.job_id, reply_to=o.reply_to, reason=REPLY_SKIPPED)
+            replied = self.queue.ack(o.raw, o.job_id, o.result or {}, o.reply_to)
         elif o.kind == "retry":
             self.queue.retry_later(o.raw, o.job_id, o.delay, (o.error or {}).get("message", ""), uncount=o.uncount)
         elif o.kind == "bury":
-            if not self.queue.bury(o.raw, o.job_id, o.error or {}, o.attempts, o.result or {}, o.reply_to):
-                self.log.warning("job.reply_skipped", job_id=o.job_id, reply_to=o.reply_to, reason=REPLY_SKIPPED)
+            replied = self.queue.bury(o.raw, o.job_id, o.error or {}, o.attempts, o.result or {}, o.reply_to)
         else:
             self.queue.requeue(o.raw, o.job_id, uncount=o.uncount)
             self.log.info("job.requeued", job_id=o.job_id, reason=o.reason)
+        if not replied:
+            self.log.warning("job.reply_skipped", job_id=o.job_id, reply_to=o.reply_to, reason=REPLY_SKIPPED)
 
     def _maintain(self, force: bool = False) -> None:
         now = time.monotonic()

@@ -30,7 +30,7 @@ from clipper.settings import RedisSettings
 _RETRY_NONCE_LEN = 9  # "xxxxxxxx|"
 
 _MARK_CLAIMED = """
--- KEYS: job. ARGV: now, raw. Counts the attempt at claim time, so a message that kills
+-- KEYS: job. ARGV: now. Counts the attempt at claim time, so a message that kills
 -- the daemon every time is still counted (and buried after retry.max_attempts).
 -- A finished record (done/failed) means this is a new submission of the same message.
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -296,7 +296,7 @@ class ReliableQueue:
     def mark_claimed(self, job_id: str) -> int:
         """Count the attempt and mark the job running; returns the attempt number."""
         now = _now()
-        attempts = int(self._mark_claimed(keys=[self.keys.job(job_id)], args=[now, ""]))
+        attempts = int(self._mark_claimed(keys=[self.keys.job(job_id)], args=[now]))
         self.r.publish(self.keys.events, _event(job_id, "running", attempts=attempts))
         return attempts
 
@@ -430,9 +430,7 @@ class ReliableQueue:
 
     def leave(self) -> None:
         """Clean exit: drop our heartbeat; keep our id in the set while we still hold items."""
-        pipe = self.r.pipeline(transaction=True)
-        pipe.delete(self.keys.heartbeat(self.consumer))
-        pipe.execute()
+        self.r.delete(self.keys.heartbeat(self.consumer))
         if self.r.llen(self.processing) == 0:
             self.r.srem(self.keys.consumers, self.consumer)
 

@@ -49,12 +49,11 @@ from urllib.parse import quote, unquote, urljoin, urlsplit
 from clipper import __version__
 from clipper.errors import Cancelled, ClipperError, PermanentError, TransientError
 from clipper.jobs.addresses import check_address, is_ip_literal
-from clipper.jobs.fetch_s3 import fetch_s3, parse_s3_url
+from clipper.jobs.fetch_s3 import PROGRESS_EVERY, fetch_s3, parse_s3_url
 from clipper.jobs.spec import redact_url
 from clipper.settings import FetchSettings
 
 CHUNK_BYTES = 1024 * 1024
-PROGRESS_EVERY = 0.5  # seconds between progress callbacks
 WATCHDOG_POLL = 0.2  # seconds; how soon a cancel or the deadline interrupts a blocked read
 USER_AGENT = f"clipper/{__version__}"
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -87,22 +86,9 @@ class HttpTarget:
         return self.scheme, self.host.lower(), self.port
 
 
-def redacted(url: str) -> str:
-    """`spec.redact_url`, also for URLs it cannot take apart (a port out of range)."""
-    try:
-        return redact_url(url)
-    except ValueError:
-        pass
-    try:
-        parts = urlsplit(url)
-        return f"{parts.scheme}://{parts.hostname or ''}{parts.path}" + ("?…" if parts.query else "")
-    except ValueError:
-        return "(unparseable URL)"
-
-
 def parse_http_url(url: str) -> HttpTarget:
     """An http(s) URL -> HttpTarget, or PermanentError naming what is wrong (without secrets)."""
-    where = redacted(url)
+    where = redact_url(url)
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -356,7 +342,7 @@ def _fetch_http(url: str, dest_dir: Path, settings: FetchSettings, deadline: _De
     tls: ssl.SSLContext | None = None
     with _Watchdog(deadline) as watchdog:
         for redirects in range(settings.max_redirects + 1):
-            where = redacted(hop.url)
+            where = redact_url(hop.url)
             deadline.check()
             addresses = _validated_addresses(hop, _resolve(hop, deadline), settings.allow_private)
             if hop.scheme == "https":
@@ -421,7 +407,7 @@ def _next_hop(hop: HttpTarget, location: str | None, where: str, redirects: int,
 def _stream_body(response: http.client.HTTPResponse, sock: socket.socket, hop: HttpTarget,
                  dest_dir: Path, settings: FetchSettings, deadline: _Deadline,
                  progress: Callable[[int], None] | None) -> tuple[Path, int, str | None]:
-    where = redacted(hop.url)
+    where = redact_url(hop.url)
     encoding = (response.getheader("Content-Encoding") or "identity").strip().lower()
     if encoding != "identity":
         raise PermanentError(f"source {where}: server sent Content-Encoding {encoding[:40]!r} despite "
@@ -470,7 +456,7 @@ def _stream_body(response: http.client.HTTPResponse, sock: socket.socket, hop: H
 def _allowed_file_path(url: str, settings: FetchSettings) -> str:
     """The real path of a file:// source when it lies under `fetch.allow_file_roots`, checked
     before existence, so that a refusal says nothing about files outside the roots."""
-    where = redacted(url)
+    where = redact_url(url)
     parts = urlsplit(url)
     if parts.netloc not in ("", "localhost"):
         raise PermanentError(f"source {where}: file:// URLs must name a local path (no host)")
@@ -486,7 +472,7 @@ def _allowed_file_path(url: str, settings: FetchSettings) -> str:
 
 
 def _fetch_file(url: str, settings: FetchSettings) -> tuple[Path, int]:
-    where = redacted(url)
+    where = redact_url(url)
     real = _allowed_file_path(url, settings)
     try:
         st = os.stat(real)
@@ -507,7 +493,7 @@ def check_source_policy(url: str, settings: FetchSettings) -> None:
     """What can be said about a source without fetching it (no DNS, no connection): scheme,
     URL form, literal addresses, file roots, bucket names. `clipper enqueue` uses it to refuse
     at once what the daemon would dead-letter anyway; fetching checks everything again."""
-    where = redacted(url)
+    where = redact_url(url)
     try:
         scheme = urlsplit(url).scheme.lower()
     except ValueError:
@@ -539,7 +525,7 @@ def fetch_source(url: str, dest_dir: Path, settings: FetchSettings, *, cancelled
     TransientError (network, 5xx, 408/429, timeouts, truncated body) or Cancelled.
     """
     started = time.monotonic()
-    where = redacted(url)
+    where = redact_url(url)
     check_source_policy(url, settings)
     scheme = urlsplit(url).scheme.lower()
     deadline = _Deadline(settings, cancelled, where)

@@ -106,7 +106,7 @@ class MessageModel(_Strict):
     @field_validator("id")
     @classmethod
     def _id(cls, v: str | None) -> str | None:
-        if v is not None and (not ID_RE.match(v) or v.startswith(".") or ".." in v):
+        if v is not None and not valid_id(v):
             raise ValueError(f"id {v!r} must match [A-Za-z0-9_.-]{{1,128}}, not start with '.' nor contain '..'")
         return v
 
@@ -234,10 +234,18 @@ def job_id_for_raw(raw: bytes | str) -> str:
     except PermanentError:
         data = raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass")
         return "x-" + hashlib.sha256(data).hexdigest()[:24]
-    if isinstance(obj, dict):
-        explicit = obj.get("id")
-        if isinstance(explicit, str) and ID_RE.match(explicit) and not explicit.startswith(".") and ".." not in explicit:
-            return explicit
+    return _job_id(obj)
+
+
+def valid_id(value: str) -> bool:
+    return bool(ID_RE.match(value)) and not value.startswith(".") and ".." not in value
+
+
+def _job_id(obj: Any) -> str:
+    """The id of a decoded message: its valid explicit `id`, else a digest of its content."""
+    explicit = obj.get("id") if isinstance(obj, dict) else None
+    if isinstance(explicit, str) and valid_id(explicit):
+        return explicit
     return "j-" + hashlib.sha256(_canonical(obj).encode()).hexdigest()[:24]
 
 
@@ -333,7 +341,7 @@ def _pydantic_reason(exc: ValidationError) -> str:
 def parse_message(raw: bytes | str, media: MediaSettings) -> JobSpec:
     """Raw queue item -> JobSpec, or PermanentError naming what is wrong."""
     obj = _decode(raw)
-    job_id = job_id_for_raw(raw)
+    job_id = _job_id(obj)
     if isinstance(obj, str):
         obj = {"source": obj.strip()}
     if not isinstance(obj, dict):
@@ -353,4 +361,4 @@ def parse_message(raw: bytes | str, media: MediaSettings) -> JobSpec:
         raise PermanentError("message asks for nothing: give at least one clip or thumbnail")
     if len(clips) + len(thumbs) > media.max_clips:
         raise PermanentError(f"message asks for {len(clips) + len(thumbs)} outputs, more than media.max_clips = {media.max_clips}")
-    return JobSpec(model.id or job_id, source, clips, thumbs, model.output_prefix, model.reply_to)
+    return JobSpec(job_id, source, clips, thumbs, model.output_prefix, model.reply_to)
