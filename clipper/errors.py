@@ -26,6 +26,10 @@ class OutputUnavailable(TransientError):
     and the daemon stops claiming until the output takes writes again."""
 
 
+class EmptyOutput(PermanentError):
+    """ffmpeg wrote nothing (`-abort_on empty_output`): e.g. no frame at or after a seek."""
+
+
 class Cancelled(ClipperError):
     """The daemon is shutting down and killed this job; its item goes back to the queue."""
 

@@ -179,7 +179,7 @@ def build_copy_command(src: Path, source: MediaInfo, fmt: str, start: float, dur
         opts["ss"] = seconds_arg(seek.output)
     if fmt in FASTSTART_FORMATS:
         opts["movflags"] = "+faststart"
-    if fmt == "mp4" and source.video is not None and source.video.codec == "hevc" and fmt != "m4a":
+    if fmt == "mp4" and source.video is not None and source.video.codec == "hevc":
         opts["tag:v"] = "hvc1"  # Apple players refuse the default hev1 tag
     return ffmpeg_argv(*streams, out=out, **opts)
 
@@ -310,7 +310,7 @@ def make_clip(src: Path, source: MediaInfo, clip: ClipSpec, out_dir: Path, media
                 notes.append(f"copy impossible ({obstacle}); re-encoded")
                 mode = "accurate"
         if mode == "smart":
-            # imported here: smartcut builds on this module's command helpers
+            # imported here: smartcut imports this module's tables (a cycle at import time otherwise)
             from clipper.jobs.smartcut import SmartCutFallback, make_smart_clip
 
             try:

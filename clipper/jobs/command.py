@@ -18,7 +18,7 @@ from pathlib import Path
 
 import ffmpeg
 
-from clipper.errors import Cancelled, PermanentError, TransientError
+from clipper.errors import Cancelled, EmptyOutput, PermanentError, TransientError
 
 STDERR_TAIL_BYTES = 2000
 
@@ -170,6 +170,8 @@ def run_ffmpeg(cmd: Sequence[str], *, what: str, timeout: float, control: JobCon
         raise TransientError(f"{what}: ffmpeg killed by signal {-result.returncode}: {last}")
     if any(marker in result.stderr_tail for marker in _TRANSIENT_STDERR):
         raise TransientError(f"{what} failed (exit {result.returncode}): {last}")
+    if "Empty output" in result.stderr_tail:
+        raise EmptyOutput(f"{what} failed (exit {result.returncode}): {last}")
     raise PermanentError(f"{what} failed (exit {result.returncode}): {last}")
 
 

@@ -24,23 +24,21 @@ def _even(x: float, limit: int | None = None) -> int:
 
 
 def scaled_size(src_w: int, src_h: int, *, width: int | None = None, height: int | None = None,
-                max_side: int | None = None, max_width: int | None = None, upscale: bool = False,
+                max_side: int | None = None, upscale: bool = False,
                 cap_side: int | None = None) -> tuple[int, int]:
     """Output size keeping the aspect ratio. Targets: `width` and/or `height` (both: fit
     inside the box), `max_side` (the longer side); the smallest scale they ask for wins.
-    Caps that never enlarge: `max_width`, `cap_side` (the longer side; gif) and, unless
+    Caps that never enlarge: `cap_side` (the longer side; gif) and, unless
     `upscale`, the source size. Both sides even (4:2:0 chroma needs it) and never above any
     bound."""
     targets = [t for t in (width and width / src_w, height and height / src_h,
                            max_side and max_side / max(src_w, src_h)) if t]
     scale = min(targets) if targets else 1.0
-    if max_width:
-        scale = min(scale, max_width / src_w)
     if cap_side:
         scale = min(scale, cap_side / max(src_w, src_h))
     if not upscale:
         scale = min(scale, 1.0)
-    w_bounds = [b for b in (width, max_side, max_width, cap_side) if b] + ([] if upscale else [src_w])
+    w_bounds = [b for b in (width, max_side, cap_side) if b] + ([] if upscale else [src_w])
     h_bounds = [b for b in (height, max_side, cap_side) if b] + ([] if upscale else [src_h])
     return (_even(src_w * scale, min(w_bounds) if w_bounds else None),
             _even(src_h * scale, min(h_bounds) if h_bounds else None))

@@ -200,14 +200,22 @@ def packets_from_csv(text: str) -> list[Packet]:
     return packets
 
 
-def video_packets(path: Path, start: float, end: float, *, control: JobControl | None = None) -> list[Packet]:
-    """Video packets (pts, keyframe flag) between `start` and `end`, from the packet index
-    only: `-read_intervals` seeks, so this costs ~0.1 s however long the file is (decoding
-    with `-skip_frame nokey` over the whole file costs ~1 s)."""
-    lo = max(0.0, start)
+def packet_index_csv(path: Path, stream: int, lo: float | None, hi: float, entries: str, *, what: str,
+                     control: JobControl | None = None, timeout: float = PROBE_TIMEOUT) -> str:
+    """One stream's packets from the keyframe (or position) the demuxer seeks to for `lo`
+    (None: the start of the file) up to `hi`, both in packet time, as ffprobe CSV lines of
+    `packet=<entries>`. Read from the container's index: `-read_intervals` seeks, so this costs
+    ~0.1 s however long the file is (decoding with `-skip_frame nokey` costs ~1 s)."""
+    interval = f"{'' if lo is None else f'{max(0.0, lo):.6f}'}%{hi:.6f}"
     result = run_command(
-        ["ffprobe", "-v", "error", *local_input_options(), "-select_streams", "v:0",
-         "-read_intervals", f"{lo:.6f}%{end:.6f}", "-show_entries", "packet=pts_time,flags", "-of", "csv=p=0", str(path)],
-        what="keyframe index", timeout=PROBE_TIMEOUT, control=control, capture_stdout=True,
+        ["ffprobe", "-v", "error", *local_input_options(), "-select_streams", str(stream), "-read_intervals", interval,
+         "-show_entries", f"packet={entries}", "-of", "csv=p=0", str(path)],
+        what=what, timeout=timeout, control=control, capture_stdout=True,
     )
-    return packets_from_csv(result.stdout.decode("ascii", "replace"))
+    return result.stdout.decode("ascii", "replace")
+
+
+def video_packets(path: Path, stream: int, start: float, end: float, *, control: JobControl | None = None) -> list[Packet]:
+    """Packets (pts, keyframe flag) of video stream `stream` between `start` and `end`."""
+    return packets_from_csv(packet_index_csv(path, stream, start, end, "pts_time,flags", what="keyframe index",
+                                             control=control))

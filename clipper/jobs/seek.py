@@ -41,8 +41,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from clipper.jobs.command import JobControl, local_input_options, run_command
-from clipper.jobs.probe import PROBE_TIMEOUT, MediaInfo, Packet, video_packets
+from clipper.jobs.command import JobControl
+from clipper.jobs.probe import MediaInfo, Packet, packet_index_csv, video_packets
 
 BOUNDARY_SLACK = 0.0005  # seconds; far below any frame interval (see module doc)
 
@@ -152,8 +152,9 @@ def lead_in_from_packets(packets: list[Packet], target: float, start: float) -> 
     """Seconds from the keyframe a copy cut lands on (the last at/before `target`; the first
     keyframe when none is) to `start`; all on the packets' clock (pure)."""
     keys = [p.pts for p in packets if p.keyframe]
-    before = [k for k in keys if k <= target + BOUNDARY_SLACK]
-    key = max(before) if before else (keys[0] if keys and keys[0] <= start else None)
+    key = keyframe_before(keys, target)
+    if key is None and keys and keys[0] <= start:
+        key = keys[0]
     return max(0.0, start - key) if key is not None else 0.0
 
 
@@ -177,13 +178,8 @@ def keyframes_from_csv(text: str) -> list[float]:
 def read_keyframes(src: Path, stream: int, lo: float, hi: float, *, control: JobControl) -> list[float]:
     """Keyframe times (`keyframes_from_csv`) of one stream from the packet index, reading from
     the keyframe (or position) the demuxer seeks to for `lo` up to `hi`, in packet time."""
-    result = run_command(
-        ["ffprobe", "-v", "error", *local_input_options(), "-select_streams", str(stream),
-         "-read_intervals", f"{max(0.0, lo):.6f}%{hi:.6f}", "-show_entries", "packet=pts_time,dts_time,flags",
-         "-of", "csv=p=0", str(src)],
-        what="keyframe index", timeout=PROBE_TIMEOUT, control=control, capture_stdout=True,
-    )
-    return keyframes_from_csv(result.stdout.decode("ascii", "replace"))
+    return keyframes_from_csv(packet_index_csv(src, stream, lo, hi, "pts_time,dts_time,flags", what="keyframe index",
+                                               control=control))
 
 
 def keyframe_before(keyframes: list[float], target: float) -> float | None:
@@ -215,8 +211,9 @@ def find_keyframe_before(src: Path, source: MediaInfo, start: float, *, control:
 def accurate_seek(src: Path, source: MediaInfo, start: float, *, control: JobControl) -> Seek:
     """Where a frame-exact re-encode from `start` (clip time) seeks (module doc); reads the
     packet index only when the seek is on the input side."""
-    if source.video is None or plan_seek(source, start).input is None:
-        return plan_seek(source, start)
+    seek = plan_seek(source, start)
+    if source.video is None or seek.input is None:
+        return seek
     return plan_accurate_seek(source, start, find_keyframe_before(src, source, start, control=control))
 
 
@@ -226,5 +223,5 @@ def copy_lead_in(src: Path, source: MediaInfo, start: float, *, control: JobCont
     if source.video is None or plan_seek(source, start).input is None:
         return 0.0
     target = copy_seek_target(source, start) + source.start_time  # packet times are on the container clock
-    packets = video_packets(src, target, start + source.start_time + 0.1, control=control)
+    packets = video_packets(src, source.video.index, target, start + source.start_time + 0.1, control=control)
     return lead_in_from_packets(packets, target, start + source.start_time)

@@ -58,8 +58,17 @@ from pathlib import Path
 import ffmpeg
 
 from clipper.errors import PermanentError
-from clipper.jobs.command import JobControl, ffmpeg_base, local_input_options, run_command, run_ffmpeg, seek_input
-from clipper.jobs.probe import PROBE_TIMEOUT, MediaInfo
+from clipper.jobs.clip import COPY_AUDIO_CODECS, clip_label
+from clipper.jobs.command import (
+    JobControl,
+    ffmpeg_argv,
+    ffmpeg_base,
+    local_input_options,
+    run_command,
+    run_ffmpeg,
+    seek_input,
+)
+from clipper.jobs.probe import PROBE_TIMEOUT, MediaInfo, packet_index_csv
 from clipper.jobs.smartplan import (
     IndexPacket,
     Piece,
@@ -91,14 +100,9 @@ def read_packet_index(src: Path, stream: int, lo: float | None, hi: float, *, co
     """Packets of one stream from the keyframe before `lo` (None: the start of the file) to
     `hi`, both in packet time, from the container's index (-read_intervals seeks: ~0.1 s however
     long the file)."""
-    interval = f"{'' if lo is None else f'{lo:.6f}'}%{hi:.6f}"
-    result = run_command(
-        ["ffprobe", "-v", "error", *local_input_options(), "-select_streams", str(stream),
-         "-read_intervals", interval, "-show_entries", "packet=pts,dts,duration,size,flags",
-         "-of", "csv=p=0", str(src)],
-        what="smart cut: keyframe index", timeout=min(timeout, PROBE_TIMEOUT), control=control, capture_stdout=True,
-    )
-    return index_from_csv(result.stdout.decode("ascii", "replace"))
+    return index_from_csv(packet_index_csv(src, stream, lo, hi, "pts,dts,duration,size,flags",
+                                           what="smart cut: keyframe index", control=control,
+                                           timeout=min(timeout, PROBE_TIMEOUT)))
 
 
 # -- the source's H.264 headers and x264 settings --------------------------------------------
@@ -411,7 +415,7 @@ def build_join_command(src: Path, source: MediaInfo, plan: SmartPlan, listfile: 
         opts["movflags"] = "+faststart"
         if plan.time_base.numerator == 1:
             opts["video_track_timescale"] = plan.time_base.denominator
-    return [*ffmpeg_base(), *ffmpeg.output(*streams, str(out), **opts).get_args()]
+    return ffmpeg_argv(*streams, out=out, **opts)
 
 
 # -- running ---------------------------------------------------------------------------------
@@ -435,8 +439,7 @@ def check_source(source: MediaInfo, clip: ClipSpec) -> None:
         raise SmartCutFallback("unknown video time base")
     if not any(c in source.format_name.split(",") for c in SOURCE_CONTAINERS):
         raise SmartCutFallback(f"{source.format_name.split(',')[0]} source (smart cut reads MP4)")
-    if clip.format == "mp4" and source.audio is not None and source.audio.codec not in {"aac", "mp3", "opus", "ac3", "eac3",
-                                                                                        "alac", "flac"}:
+    if clip.format == "mp4" and source.audio is not None and source.audio.codec not in COPY_AUDIO_CODECS["mp4"]:
         raise SmartCutFallback(f"{source.audio.codec} audio cannot be copied into mp4")
 
 
@@ -464,7 +467,7 @@ def make_smart_clip(src: Path, source: MediaInfo, clip: ClipSpec, start: float, 
     plan = plan_smart_cut(packets, video.time_base, start, end, origin=origin,
                           min_encoded_frames=b_frame_depth(head.x264) + 2, index_from_file_start=from_file_start)
     workdir = Path(tempfile.mkdtemp(prefix=f".smart-{clip.name}-", dir=out.parent))
-    label = f"clip ({clip.name})"
+    label = clip_label(clip)
     try:
         # A failure here is specific to the smart path (an x264 option this x264 refuses, a
         # join the muxer rejects, an output that fails its checks): the caller re-encodes the

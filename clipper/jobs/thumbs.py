@@ -27,7 +27,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from clipper.errors import PermanentError
+from clipper.errors import EmptyOutput, PermanentError
 from clipper.jobs.command import JobControl, ffmpeg_argv, output_thread_options, run_ffmpeg, seconds_arg, seek_input
 from clipper.jobs.geometry import display_size, needs_scale
 from clipper.jobs.probe import MediaInfo
@@ -151,9 +151,7 @@ def make_thumbnail(src: Path, source: MediaInfo, thumb: ThumbSpec, out_dir: Path
             seek = accurate_seek(src, source, max(0.0, thumb.at - BOUNDARY_SLACK), control=control)
             run_ffmpeg(build_thumbnail_command(src, source, thumb, tmp, threads=threads, seek=seek), what=label,
                        timeout=timeout, control=control)
-        except PermanentError as exc:
-            if "Empty output" not in str(exc):
-                raise
+        except EmptyOutput:
             # no video frame at or after `at` (-abort_on empty_output): take the last one before it
             run_ffmpeg(build_thumbnail_command(src, source, thumb, tmp, last_frame=True, threads=threads), what=label,
                        timeout=timeout, control=control)

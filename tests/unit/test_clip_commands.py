@@ -163,8 +163,8 @@ def test_encode_audio_only_formats(fmt: str, codec: str, muxer: str) -> None:
     ((1080, 1920), {"max_side": 640}, (360, 640)),
     ((1280, 720), {"width": 1920}, (1280, 720)),           # never upscale...
     ((1280, 720), {"width": 1920, "upscale": True}, (1920, 1080)),  # ...unless asked
-    ((640, 360), {"max_width": 480}, (480, 270)),          # gif cap
-    ((320, 180), {"max_width": 480, "upscale": True}, (320, 180)),  # a cap never enlarges
+    ((640, 360), {"cap_side": 480}, (480, 270)),           # gif cap
+    ((320, 180), {"cap_side": 480, "upscale": True}, (320, 180)),  # a cap never enlarges
     ((1280, 720), {"width": 1000, "max_side": 640}, (640, 360)),
     ((4, 2), {"width": 1}, (2, 2)),                        # at least 2x2
     ((1080, 1920), {"cap_side": 480}, (270, 480)),         # gif: the longer side is capped...
