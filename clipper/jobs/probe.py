@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -110,18 +111,24 @@ def _rotation(stream: dict[str, Any]) -> int:
     return int(round(_float((stream.get("tags") or {}).get("rotate")) or 0)) % 360
 
 
+MATROSKA_DURATION_RE = re.compile(r"^(\d+):(\d{2}):(\d{2}(?:\.\d+)?)$")
+
+
+def tag_duration(stream: dict[str, Any]) -> float | None:
+    """A Matroska track's DURATION tag ("00:00:05.213000000", any case) in seconds, or None."""
+    tags = {k.upper(): v for k, v in (stream.get("tags") or {}).items()}
+    m = MATROSKA_DURATION_RE.match(str(tags.get("DURATION", "")).strip())
+    return int(m[1]) * 3600 + int(m[2]) * 60 + float(m[3]) if m else None
+
+
 def _stream_duration(stream: dict[str, Any]) -> float | None:
-    """The stream's own duration. Matroska keeps it only in a `DURATION` tag (HH:MM:SS.nnnnnnnnn),
-    which is where the stream ends on the file's clock, so its start is taken off."""
+    """The stream's own duration. Matroska keeps it only in a `DURATION` tag, which is where the
+    stream ends on the file's clock, so its start is taken off."""
     seconds = _float(stream.get("duration"))
     if seconds is not None:
         return seconds
-    tag = (stream.get("tags") or {}).get("DURATION") or ""
-    parts = tag.split(":")
-    if len(parts) == 3 and all(_float(p) is not None for p in parts):
-        end = int(parts[0]) * 3600 + int(parts[1]) * 60 + float(parts[2])
-        return max(0.0, end - (_float(stream.get("start_time")) or 0.0))
-    return None
+    end = tag_duration(stream)
+    return None if end is None else max(0.0, end - (_float(stream.get("start_time")) or 0.0))
 
 
 def media_info_from_json(data: dict[str, Any]) -> MediaInfo:
@@ -155,23 +162,29 @@ def media_info_from_json(data: dict[str, Any]) -> MediaInfo:
                      start_time=_float(fmt.get("start_time")) or 0.0)
 
 
-def probe_media(path: Path, *, control: JobControl | None = None, what: str = "probe",
-                format_whitelist: str = SOURCE_FORMAT_WHITELIST) -> MediaInfo:
-    """Run ffprobe on a local file. Not a media file (or no audio/video stream, or no
-    duration) is a permanent error: retrying a download will not make it a video.
-    `format_whitelist` is widened only to read back our own outputs (e.g. gif)."""
+def read_media_info(path: Path, format_whitelist: str, *, what: str,
+                    control: JobControl | None = None) -> tuple[MediaInfo | None, str]:
+    """ffprobe `-show_format -show_streams` of a local file: (MediaInfo, "") or (None, why not).
+    The callers decide what an unreadable file means (a bad source, a bad output)."""
     result = run_command(
         ["ffprobe", "-v", "error", *local_input_options(format_whitelist), "-show_format", "-show_streams", "-of", "json",
          str(path)],
         what=what, timeout=PROBE_TIMEOUT, control=control, capture_stdout=True, check=False,
     )
     if result.returncode != 0:
-        reason = result.stderr_tail.splitlines()[-1] if result.stderr_tail else f"ffprobe exit {result.returncode}"
-        raise PermanentError(f"{what}: not a media file we accept ({reason})")
+        return None, result.stderr_tail.splitlines()[-1] if result.stderr_tail else f"ffprobe exit {result.returncode}"
     try:
-        info = media_info_from_json(json.loads(result.stdout or b"{}"))
+        return media_info_from_json(json.loads(result.stdout or b"{}")), ""
     except ValueError as exc:
-        raise PermanentError(f"{what}: ffprobe output unreadable: {exc}") from None
+        return None, f"ffprobe output unreadable: {exc}"
+
+
+def probe_media(path: Path, *, control: JobControl | None = None, what: str = "probe") -> MediaInfo:
+    """Run ffprobe on a local source. Not a media file (or no audio/video stream, or no
+    duration) is a permanent error: retrying a download will not make it a video."""
+    info, reason = read_media_info(path, SOURCE_FORMAT_WHITELIST, what=what, control=control)
+    if info is None:
+        raise PermanentError(f"{what}: not a media file we accept ({reason})")
     if info.video is None and info.audio is None:
         raise PermanentError(f"{what}: no audio or video stream in the file (format {info.format_name})")
     if info.duration <= 0:

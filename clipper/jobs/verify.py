@@ -12,21 +12,18 @@ Besides the container's duration, each expected stream's own duration is checked
 how long it should be (`video_duration`, `audio_duration`: what the source has in the clip's
 range): the container's duration is the longest stream's, so it hides an audio stream that
 lost its first second. Matroska keeps a track's duration only in its DURATION tag, which
-`probe_output` reads when the stream has no duration of its own.
+the probe (`probe.media_info_from_json`) reads when the stream has no duration of its own.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from clipper.errors import PermanentError, TransientError
-from clipper.jobs.command import JobControl, local_input_options, run_command
-from clipper.jobs.probe import PROBE_TIMEOUT, MediaInfo, media_info_from_json
+from clipper.jobs.command import JobControl
+from clipper.jobs.probe import MediaInfo, read_media_info
 
 # Demuxers that may read back what we wrote (our outputs are trusted, but the whitelist stays
 # narrow all the same).
@@ -104,29 +101,6 @@ def check_media(
     return problems
 
 
-MATROSKA_DURATION_RE = re.compile(r"^(\d+):(\d{2}):(\d{2}(?:\.\d+)?)$")
-
-
-def tag_duration(stream: dict[str, Any]) -> float | None:
-    """A Matroska track's DURATION tag ("00:00:05.213000000") in seconds, or None."""
-    tags = {k.upper(): v for k, v in (stream.get("tags") or {}).items()}
-    m = MATROSKA_DURATION_RE.match(str(tags.get("DURATION", "")).strip())
-    return int(m[1]) * 3600 + int(m[2]) * 60 + float(m[3]) if m else None
-
-
-def output_info_from_json(data: dict[str, Any]) -> MediaInfo:
-    """ffprobe JSON of an output -> MediaInfo, stream durations filled from DURATION tags when
-    the stream has none (Matroska/WebM) (pure)."""
-    info = media_info_from_json(data)
-    by_index = {int(s.get("index", -1)): s for s in data.get("streams") or []}
-    video, audio = info.video, info.audio
-    if video is not None and video.duration is None:
-        video = dataclasses.replace(video, duration=tag_duration(by_index.get(video.index, {})))
-    if audio is not None and audio.duration is None:
-        audio = dataclasses.replace(audio, duration=tag_duration(by_index.get(audio.index, {})))
-    return dataclasses.replace(info, video=video, audio=audio)
-
-
 def _check_file(path: Path, what: str) -> None:
     try:
         size = path.stat().st_size
@@ -138,18 +112,7 @@ def _check_file(path: Path, what: str) -> None:
 
 def probe_output(path: Path, *, control: JobControl | None, what: str) -> MediaInfo:
     """ffprobe an output we wrote; unreadable (no stream, no duration) is a TransientError."""
-    result = run_command(
-        ["ffprobe", "-v", "error", *local_input_options(OUTPUT_FORMAT_WHITELIST), "-show_format", "-show_streams",
-         "-of", "json", str(path)],
-        what=f"check of {what}", timeout=PROBE_TIMEOUT, control=control, capture_stdout=True, check=False,
-    )
-    reason = result.stderr_tail.splitlines()[-1] if result.stderr_tail else f"ffprobe exit {result.returncode}"
-    info = None
-    if result.returncode == 0:
-        try:
-            info = output_info_from_json(json.loads(result.stdout or b"{}"))
-        except ValueError as exc:
-            reason = f"ffprobe output unreadable: {exc}"
+    info, reason = read_media_info(path, OUTPUT_FORMAT_WHITELIST, what=f"check of {what}", control=control)
     if info is not None and info.video is None and info.audio is None:
         info, reason = None, "no audio or video stream"
     if info is not None and info.duration <= 0:
@@ -190,18 +153,9 @@ def verify_image(
 ) -> MediaInfo:
     """Probe an image we wrote (images have no duration, so probe_media does not fit)."""
     _check_file(path, what)
-    result = run_command(
-        ["ffprobe", "-v", "error", *local_input_options(IMAGE_FORMAT_WHITELIST), "-show_format", "-show_streams",
-         "-of", "json", str(path)],
-        what=f"check of {what}", timeout=PROBE_TIMEOUT, control=control, capture_stdout=True, check=False,
-    )
-    try:
-        info = media_info_from_json(json.loads(result.stdout or b"{}")) if result.returncode == 0 else None
-    except ValueError:
-        info = None
+    info, reason = read_media_info(path, IMAGE_FORMAT_WHITELIST, what=f"check of {what}", control=control)
     if info is None or info.video is None:
-        reason = result.stderr_tail.splitlines()[-1] if result.stderr_tail else "no image stream"
-        raise TransientError(f"{what}: the output is unreadable: {reason}")
+        raise TransientError(f"{what}: the output is unreadable: {reason or 'no image stream'}")
     problems = check_media(info, expect_video=True, expect_audio=False, duration=None, tolerance=0,
                            width=width, height=height, codec=codec, square_pixels=True)
     if problems:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from clipper.errors import PermanentError, TransientError
-from clipper.jobs.probe import AudioStream, MediaInfo, VideoStream
-from clipper.jobs.verify import check_media, output_info_from_json, tag_duration, verify_image, verify_output
+from clipper.jobs.probe import AudioStream, MediaInfo, VideoStream, media_info_from_json, tag_duration
+from clipper.jobs.verify import check_media, verify_image, verify_output
 
 
 def info(duration: float = 10.0, video: bool = True, audio: bool = True, w: int = 640, h: int = 360,
@@ -130,7 +130,7 @@ def test_matroska_duration_tags_fill_missing_stream_durations() -> None:
                          "tags": {"DURATION": "00:00:05.213000000"}},
                         {"index": 1, "codec_type": "audio", "codec_name": "aac", "duration": "4.5",
                          "tags": {"DURATION": "00:00:05.141000000"}}]}
-    out = output_info_from_json(data)
+    out = media_info_from_json(data)
     assert out.video.duration == pytest.approx(5.213)
     assert out.audio.duration == pytest.approx(4.5)  # the stream's own duration wins
 
