@@ -97,19 +97,20 @@ def gray_frames(path: Path) -> list[bytes]:
     return [r.stdout[i:i + size] for i in range(0, len(r.stdout), size)]
 
 
-def frame_clip_times(path: Path) -> list[Fraction]:
-    """Presentation times of every video frame in clip time (relative to the container's
-    start time, as players and `-ss` count), from the packet timestamps, sorted."""
-    data = ffprobe_json(path, "-select_streams", "v:0", "-show_entries", "packet=pts:stream=time_base:format=start_time")
+def frame_clip_times(path: Path, *, keyframes_only: bool = False) -> list[Fraction]:
+    """Presentation times of every video frame (or keyframe) in clip time (relative to the
+    container's start time, as players and `-ss` count), from the packet timestamps, sorted."""
+    data = ffprobe_json(path, "-select_streams", "v:0",
+                        "-show_entries", "packet=pts,flags:stream=time_base:format=start_time")
     tb = Fraction(data["streams"][0]["time_base"])
     origin = Fraction(data["format"].get("start_time", "0"))
-    return sorted(int(p["pts"]) * tb - origin for p in data["packets"])
+    return sorted(int(p["pts"]) * tb - origin for p in data["packets"] if not keyframes_only or "K" in p["flags"])
 
 
-def expected_source_frames(src: Path, start: float, end: float) -> range:
-    """Indices (presentation order) of the source frames a clip [start, end) holds: start <=
-    t < end in clip time, a frame within SLACK of either counting as at it."""
-    times = frame_clip_times(src)
+def expected_source_frames(times: list[Fraction], start: float, end: float) -> range:
+    """Indices (presentation order) of the source frames (`frame_clip_times`) a clip
+    [start, end) holds: start <= t < end in clip time, a frame within SLACK of either counting
+    as at it."""
     lo, hi = Fraction(start) - Fraction(SLACK), Fraction(end) - Fraction(SLACK)
     chosen = [i for i, t in enumerate(times) if lo <= t < hi]
     assert chosen, f"no source frame in [{start}, {end})"
@@ -124,13 +125,21 @@ def _psnr(mse: float) -> float:
     return 99.0 if mse == 0 else 10 * math.log10(255 * 255 / mse)
 
 
-def assert_same_frames_as_source(out: Path, src: Path, start: float, end: float, *, window: int = 3) -> None:
+def psnr(a: bytes, b: bytes) -> float:
+    """PSNR of two `gray_frames` pictures, in dB (99 when identical)."""
+    return _psnr(_mse(a, b))
+
+
+def assert_same_frames_as_source(out: Path, src: Path, start: float, end: float, *, window: int = 3,
+                                 min_db: float = ORACLE_DB) -> int:
     """The clip holds exactly the source frames of [start, end), consecutive and in order:
     frame count, and each output frame is closest to the expected source frame (among its
-    neighbours within `window`) and close in absolute terms (PSNR >= ORACLE_DB)."""
-    wanted = expected_source_frames(src, start, end)
+    neighbours within `window`) and close in absolute terms (PSNR >= `min_db`). Returns the
+    frame count."""
+    times = frame_clip_times(src)
+    wanted = expected_source_frames(times, start, end)
     source, clip = gray_frames(src), gray_frames(out)
-    assert len(source) == len(frame_clip_times(src)), "source decodes to as many frames as it has packets"
+    assert len(source) == len(times), "source decodes to as many frames as it has packets"
     assert len(clip) == len(wanted), f"{len(clip)} frames, expected {len(wanted)} (source frames {wanted.start}..{wanted.stop - 1})"
     wrong = []
     for i, frame in enumerate(clip):
@@ -138,9 +147,10 @@ def assert_same_frames_as_source(out: Path, src: Path, start: float, end: float,
         candidates = range(max(0, expect - window), min(len(source), expect + window + 1))
         errors = {j: _mse(frame, source[j]) for j in candidates}
         best = min(errors, key=errors.__getitem__)
-        if best != expect or _psnr(errors[expect]) < ORACLE_DB:
+        if best != expect or _psnr(errors[expect]) < min_db:
             wrong.append((i, expect, best, round(_psnr(errors[expect]), 1)))
     assert not wrong, f"output frames not matching the source (index, expected, closest, dB): {wrong[:8]}"
+    return len(clip)
 
 
 def video_dts(path: Path) -> list[int]:

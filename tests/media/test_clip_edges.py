@@ -10,13 +10,22 @@ The sources here are generated once per module (small, short) in addition to con
 from __future__ import annotations
 
 import concurrent.futures
-import math
 import subprocess
 from fractions import Fraction
 from pathlib import Path
 
 import pytest
-from mediacheck import SLACK, Source, decode_errors, ffprobe_json, frame_count
+from mediacheck import (
+    SLACK,
+    Source,
+    assert_same_frames_as_source,
+    decode_errors,
+    ffprobe_json,
+    frame_clip_times,
+    frame_count,
+    gray_frames,
+    psnr,
+)
 
 import clipper.jobs.clip as clip_module
 from clipper.errors import PermanentError
@@ -107,54 +116,13 @@ def stream_length(s: dict) -> float:
     return int(h) * 3600 + int(m) * 60 + float(sec)
 
 
-# -- an oracle for frame exactness: whole decodes, no seeking ----------------------------------
-
-THUMB_W, THUMB_H = 64, 48
-MATCH_DB = 36.0  # the same frame re-encoded scores ~40-50 dB at this size; a neighbouring frame far less
-
-
-def gray_frames(path: Path) -> list[bytes]:
-    """Every frame from a decode of the whole file (no seek, nothing dropped or duplicated),
-    as tiny gray pictures, in presentation order."""
-    r = subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-map", "0:v:0", "-vf",
-                        f"scale={THUMB_W}:{THUMB_H}:flags=area,format=gray", "-fps_mode", "passthrough",
-                        "-f", "rawvideo", "-"], capture_output=True, timeout=120, check=True)
-    n = THUMB_W * THUMB_H
-    return [r.stdout[i:i + n] for i in range(0, len(r.stdout), n)]
-
-
-def frame_times(path: Path) -> list[Fraction]:
-    """Presentation times of every frame in clip time (relative to the container's start),
-    exact, from the packet timestamps."""
-    data = ffprobe_json(path, "-select_streams", "v:0", "-show_entries", "packet=pts:stream=time_base:format=start_time")
-    tb = Fraction(data["streams"][0]["time_base"])
-    origin = Fraction(data["format"].get("start_time", "0"))
-    return sorted(int(p["pts"]) * tb - origin for p in data["packets"])
-
-
-def psnr(a: bytes, b: bytes) -> float:
-    mse = sum((x - y) * (x - y) for x, y in zip(a, b, strict=True)) / len(a)
-    return 99.0 if mse == 0 else 10 * math.log10(255 * 255 / mse)
+# the oracle (mediacheck): whole decodes, no seeking; the same frame re-encoded scores ~40-50
+# dB at 64x48, a neighbouring frame far less
+MATCH_DB = 36.0
 
 
 def assert_holds_source_frames(out: Path, src: Path, start: float, end: float) -> int:
-    """The output holds exactly the source frames with start <= t < end (within SLACK), in
-    order: same count, and each output frame is closest to the one it should be. Returns the
-    count."""
-    times = frame_times(src)
-    lo, hi = Fraction(start) - Fraction(SLACK), Fraction(end) - Fraction(SLACK)
-    wanted = [i for i, t in enumerate(times) if lo <= t < hi]
-    source, got = gray_frames(src), gray_frames(out)
-    assert len(source) == len(times)
-    assert len(got) == len(wanted), f"{len(got)} frames, expected {len(wanted)} (source frames {wanted[0]}..{wanted[-1]})"
-    wrong = []
-    for frame, expect in zip(got, wanted, strict=True):
-        scores = {j: psnr(frame, source[j]) for j in range(max(0, expect - 3), min(len(source), expect + 4))}
-        best = max(scores, key=scores.__getitem__)
-        if best != expect or scores[expect] < MATCH_DB:
-            wrong.append((expect, best, round(scores[expect], 1)))
-    assert not wrong, f"(expected source frame, closest, dB): {wrong[:8]}"
-    return len(got)
+    return assert_same_frames_as_source(out, src, start, end, min_db=MATCH_DB)
 
 
 # -- 1. frame exactness when start falls between frames ----------------------------------------
@@ -187,12 +155,7 @@ AAC_FRAME = 1024 / 48000
 
 
 def keyframe_times(path: Path) -> list[Fraction]:
-    """Clip times of the video keyframes, exact, from the packet timestamps and flags."""
-    data = ffprobe_json(path, "-select_streams", "v:0",
-                        "-show_entries", "packet=pts,flags:stream=time_base:format=start_time")
-    tb = Fraction(data["streams"][0]["time_base"])
-    origin = Fraction(data["format"].get("start_time", "0"))
-    return sorted(int(p["pts"]) * tb - origin for p in data["packets"] if "K" in p["flags"])
+    return frame_clip_times(path, keyframes_only=True)
 
 
 # where `start` is, in frames from the keyframe (30 fps): between the two frames shown before it
@@ -407,7 +370,7 @@ def test_thumbnail_where_the_seek_lands_after_at_is_the_frame_at_at(edge, source
     at = float(keyframe_times(src.path)[2] + CUTS[cut] / 30)
     thumb = ThumbSpec("t", at, None, None, "cover", "png", 90)
     result = make_thumbnail(src.path, src.info, thumb, tmp_path, control=control, timeout=60)
-    times = frame_times(src.path)
+    times = frame_clip_times(src.path)
     expect = next(i for i, t in enumerate(times) if t >= Fraction(at) - Fraction(SLACK))
     [picture], source_frames = gray_frames(result.path), gray_frames(src.path)
     scores = {j: psnr(picture, source_frames[j]) for j in range(expect - 3, expect + 4)}

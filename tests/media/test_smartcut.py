@@ -231,5 +231,6 @@ def test_sources_with_a_start_time_or_no_edit_list(offset_sources, source: str, 
     assert abs(r.info.duration - (end - start)) <= 1 / 30 + 0.03
     if src.info.audio is not None:
         # the clip starts with its first video frame ("shifted": frames are 24 ms off the clip clock)
-        first_frame = frame_clip_times(src.path)[expected_source_frames(src.path, start, end).start]
+        times = frame_clip_times(src.path)
+        first_frame = times[expected_source_frames(times, start, end).start]
         assert_audio_copied_in_sync(r.path, src.path, float(first_frame), end)
