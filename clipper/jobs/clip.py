@@ -99,9 +99,7 @@ def clip_label(clip: ClipSpec) -> str:
 def media_end(clip: ClipSpec, source: MediaInfo) -> tuple[float, str]:
     """Where this clip's media ends and what to call it: the end of the video for formats
     with video (when the probe knows it), else the end of the media."""
-    if not clip.audio_only and source.video_end is not None:
-        return source.video_end, "video"
-    return source.duration, "media"
+    return (source.duration, "media") if clip.audio_only else source.picture_end()
 
 
 def resolve_range(clip: ClipSpec, source: MediaInfo) -> ClipRange:

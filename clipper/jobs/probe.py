@@ -66,6 +66,12 @@ class MediaInfo:
     # with -copyts.
     start_time: float = 0.0
 
+    def picture_end(self) -> tuple[float, str]:
+        """Where the picture ends, and what to call that in a message: the end of the video
+        when the probe knows it, else the end of the media."""
+        end = self.video_end
+        return (end, "video") if end is not None else (self.duration, "media")
+
     @property
     def video_end(self) -> float | None:
         """Where the video stream ends, in clip time (relative to start_time), when known:

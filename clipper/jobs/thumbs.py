@@ -92,6 +92,18 @@ def encoder_options(fmt: str, quality: int) -> dict[str, object]:
     return {"c:v": "png"}
 
 
+def thumb_geometry(source: MediaInfo, thumb: ThumbSpec) -> ThumbGeometry:
+    """The thumbnail's size and crop, from the picture as displayed."""
+    assert source.video is not None
+    w, h = display_size(source.video)
+    return thumb_size(w, h, thumb.width, thumb.height, thumb.fit)
+
+
+def frame_time(thumb: ThumbSpec) -> float:
+    """Where to decode to: the frame at `at` even if `at` was rounded (BOUNDARY_SLACK)."""
+    return max(0.0, thumb.at - BOUNDARY_SLACK)
+
+
 def build_thumbnail_command(src: Path, source: MediaInfo, thumb: ThumbSpec, out: Path, *,
                             last_frame: bool = False, threads: int = 0, seek: Seek | None = None) -> list[str]:
     """One frame at `thumb.at`, decoded exactly to it. `seek`: from `accurate_seek` (decode
@@ -100,16 +112,16 @@ def build_thumbnail_command(src: Path, source: MediaInfo, thumb: ThumbSpec, out:
     LAST_FRAME_WINDOW earlier and every frame overwrites the image (`-update 1`), leaving the
     last frame before the end of the video."""
     assert source.video is not None
-    w, h = display_size(source.video)
-    geo = thumb_size(w, h, thumb.width, thumb.height, thumb.fit)
-    at = max(0.0, thumb.at - BOUNDARY_SLACK)  # the frame at `at` even if `at` was rounded
+    geo = thumb_geometry(source, thumb)
+    at = frame_time(thumb)
     start = max(0.0, at - LAST_FRAME_WINDOW) if last_frame else at
     if last_frame or seek is None:
         seek = Seek(start, None)
     inp = seek_input(src, seek.input, threads=threads)
     video = inp[str(source.video.index)]
-    filtered = needs_scale(source.video, geo.scale_w, geo.scale_h) or geo.cropped
-    if needs_scale(source.video, geo.scale_w, geo.scale_h):
+    scaled = needs_scale(source.video, geo.scale_w, geo.scale_h)
+    filtered = scaled or geo.cropped
+    if scaled:
         video = video.filter("scale", geo.scale_w, geo.scale_h, flags="lanczos").filter("setsar", 1)
     if geo.cropped:
         video = video.filter("crop", geo.width, geo.height)  # centred by default
@@ -130,7 +142,7 @@ def check_thumbnail(thumb: ThumbSpec, source: MediaInfo) -> None:
     label = f"thumbnail ({thumb.name})"
     if source.video is None:
         raise PermanentError(f"{label}: the source has no video")
-    end, what = (source.video_end, "video") if source.video_end is not None else (source.duration, "media")
+    end, what = source.picture_end()
     if thumb.at >= end:
         raise PermanentError(f"{label}: at {thumb.at:g} s is past the end of the {what} ({end:.3f} s)")
 
@@ -144,11 +156,10 @@ def make_thumbnail(src: Path, source: MediaInfo, thumb: ThumbSpec, out_dir: Path
     ext = EXTENSIONS[thumb.format]
     final = out_dir / f"{thumb.name}.{ext}"
     tmp = out_dir / f".{thumb.name}.part.{ext}"
-    w, h = display_size(source.video)
-    geo = thumb_size(w, h, thumb.width, thumb.height, thumb.fit)
+    geo = thumb_geometry(source, thumb)
     try:
         try:
-            seek = accurate_seek(src, source, max(0.0, thumb.at - BOUNDARY_SLACK), control=control)
+            seek = accurate_seek(src, source, frame_time(thumb), control=control)
             run_ffmpeg(build_thumbnail_command(src, source, thumb, tmp, threads=threads, seek=seek), what=label,
                        timeout=timeout, control=control)
         except EmptyOutput:
