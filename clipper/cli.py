@@ -19,6 +19,7 @@ import redis
 from clipper import __version__, logs
 from clipper.daemon import AlreadyRunning, PidLock, Readiness, lock_holder, start_detached, stop_and_wait
 from clipper.errors import PermanentError, SettingsError
+from clipper.queue import ReliableQueue, connect_redis, default_consumer_id
 from clipper.settings import Settings, load_settings
 
 
@@ -43,9 +44,8 @@ def _unreachable(settings: Settings, exc: Exception) -> str:
     return logs.scrub(f"cannot reach Redis at {settings.redis.url}: {exc}")
 
 
-def _queue(settings: Settings):
+def _queue(settings: Settings) -> ReliableQueue:
     from clipper.jobs.spec import job_id_for_raw
-    from clipper.queue import ReliableQueue, connect_redis, default_consumer_id
 
     return ReliableQueue(connect_redis(settings.redis), settings.redis.queue, default_consumer_id(str(settings.daemon.pid_file)),
                          job_id_of=job_id_for_raw, result_ttl=settings.results.ttl)
@@ -138,23 +138,22 @@ def cmd_start(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _waiting_for(settings: Settings) -> str | None:
+def _waiting_for(queue: ReliableQueue) -> str | None:
     try:
-        q = _queue(settings)
-        jobs = [json.loads(v).get("jobs", []) for v in [q.r.get(q.keys.heartbeat(q.consumer))] if v]
-        held = q.r.llen(q.processing)
+        held, jobs = queue.own_holdings()
     except (redis.RedisError, ValueError):
         return "in-flight jobs to finish (Redis not reachable from here to say which)"
     if not held:
         return None
-    names = ", ".join(jobs[0][:10]) if jobs and jobs[0] else ""
+    names = ", ".join(jobs[:10])
     return f"{held} in-flight job(s) to finish or be requeued" + (f": {names}" if names else "")
 
 
 def cmd_stop(args: argparse.Namespace, settings: Settings) -> int:
     timeout = args.timeout if args.timeout is not None else settings.daemon.stop_timeout + 15
+    queue = _queue(settings)  # one connection pool for the whole wait
     ok = stop_and_wait(settings.daemon.pid_file, timeout, report=lambda m: print(f"clipper: {m}", flush=True),
-                       waiting_for=lambda: _waiting_for(settings))
+                       waiting_for=lambda: _waiting_for(queue))
     return 0 if ok else 1
 
 

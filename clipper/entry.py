@@ -147,8 +147,7 @@ class Entry:
         self.log = logs.get_logger(env=settings.env)
         self.workers = settings.workers.resolved_count()
         self.consumer = default_consumer_id(str(settings.daemon.pid_file))
-        self.redis = connect_redis(settings.redis)
-        self.queue = ReliableQueue(self.redis, settings.redis.queue, self.consumer, job_id_of=job_id_for_raw,
+        self.queue = ReliableQueue(connect_redis(settings.redis), settings.redis.queue, self.consumer, job_id_of=job_id_for_raw,
                                    result_ttl=settings.results.ttl)
         self.scratch = settings.daemon.work_dir / self.consumer
         self.in_flight: dict[Future, InFlight] = {}
@@ -194,8 +193,8 @@ class Entry:
         """Reach Redis, take back our own leftovers, warn about durability; raises on failure.
         Signal handlers come first: a `reload` racing a `start` must not kill the daemon."""
         self.install_signals()
-        self.redis.ping()
-        for warning in redis_durability_warnings(self.redis):
+        self.queue.r.ping()
+        for warning in redis_durability_warnings(self.queue.r):
             self.log.warning("redis.durability", warning=warning)
         shutil.rmtree(self.scratch, ignore_errors=True)  # a crashed predecessor's downloads
         self.scratch.mkdir(parents=True, exist_ok=True)

@@ -455,6 +455,12 @@ class ReliableQueue:
             "in_flight": in_flight,
         }
 
+    def own_holdings(self) -> tuple[int, list[str]]:
+        """How many items our processing list holds, and the job ids our heartbeat names."""
+        beat = self.r.get(self.keys.heartbeat(self.consumer))
+        jobs = json.loads(beat).get("jobs", []) if beat else []
+        return int(self.r.llen(self.processing)), jobs
+
     def dead_entries(self, limit: int = 100) -> list[bytes]:
         return self.r.lrange(self.keys.dead, 0, limit - 1)
 
