@@ -127,6 +127,16 @@ class MediaSettings(_Section):
     max_clip_duration: float = Field(default=3 * 3600.0, gt=0)
     max_dimension: int = Field(default=4096, ge=16)
     stage_timeout: float = Field(default=1800.0, gt=0)
+    # the whole job's media work (probe, clips, thumbnails); see docs/DECISIONS.md "Limits"
+    job_timeout: float = Field(default=3600.0, gt=0)
+    # sources are refused right after the probe, before any decode, when they exceed these
+    max_source_pixels: int = Field(default=4096 * 4096, ge=16 * 16)
+    max_source_fps: float = Field(default=240.0, gt=0)
+    max_source_duration: float = Field(default=24 * 3600.0, gt=0)
+    max_source_streams: int = Field(default=16, ge=1)
+    # kernel limits of every ffmpeg/ffprobe child: address space (bytes) and CPU time (s); 0: none
+    max_child_memory: int = Field(default=4 * 1024**3, ge=0)
+    max_child_cpu: int = Field(default=7200, ge=0)
     default_clips: tuple[ClipDefault, ...] = (ClipDefault(),)
     default_thumbnails: tuple[ThumbDefault, ...] = (ThumbDefault(),)
 

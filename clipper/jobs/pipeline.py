@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from clipper.jobs.clip import check_streams, make_clip, resolve_range
-from clipper.jobs.command import JobControl
+from clipper.errors import PermanentError
+from clipper.jobs.command import ChildLimits, JobControl
 from clipper.jobs.fetch import fetch_source
 from clipper.jobs.probe import MediaInfo, probe_media
 from clipper.jobs.spec import JobSpec, redact_url
@@ -55,14 +56,25 @@ def failed_result(job_id: str, attempts: int, error: dict[str, str]) -> dict[str
     return {"id": job_id, "status": "failed", "attempts": attempts, "outputs": [], "timings": {}, "error": error}
 
 
-def check_against_media(spec: JobSpec, info: MediaInfo) -> None:
+def check_against_media(spec: JobSpec, info: MediaInfo, max_dimension: int | None = None) -> None:
     """Fail before any work when one of the outputs cannot be made from this media (the same
     checks each stage makes, so a bad last clip does not cost the encodes before it)."""
     for clip in spec.clips:
         resolve_range(clip, info)
         check_streams(clip, info)
     for thumb in spec.thumbnails:
-        check_thumbnail(thumb, info)
+        check_thumbnail(thumb, info, max_dimension=max_dimension)
+
+
+def check_owner(spec: JobSpec, uploader: Uploader, base: str) -> None:
+    """A job never overwrites another job's outputs: the prefix must hold no manifest, or one
+    this job id wrote (a redelivery overwrites its own, so at-least-once stays idempotent)."""
+    owner = uploader.owner(f"{base}/manifest.json")
+    if owner is None or owner == spec.id:
+        return
+    whose = f"job {owner!r}" if owner else "something that is not a clipper manifest"
+    raise PermanentError(f"output prefix {base!r} already holds the outputs of {whose} (its manifest.json); a job "
+                         "never overwrites another job's outputs: give this one another output_prefix")
 
 
 def _sha256(path: Path) -> str:
@@ -100,14 +112,19 @@ def run_job(spec: JobSpec, ctx: JobContext, attempts: int) -> dict[str, Any]:
         timings[name] = round(timings.get(name, 0.0) + time.monotonic() - t0, 3)
         ctx.log.debug("job.stage", stage=name, seconds=round(time.monotonic() - t0, 3), **fields)
 
+    base = spec.output_dir_key(settings.output.prefix)
+    check_owner(spec, ctx.uploader, base)  # before any work
+    ctx.control.limits = ChildLimits.from_settings(settings.media)
     workdir = ctx.scratch / f"{spec.id}-{uuid.uuid4().hex[:8]}"
     workdir.mkdir(parents=True)
     try:
         with stage("fetch", source=redact_url(spec.source)):
             fetched = fetch_source(spec.source, workdir, settings.fetch, cancelled=ctx.control.cancelled)
+        # the budget bounds the work on the local copy; the network stages have their own timeouts
+        ctx.control.start_budget(settings.media.job_timeout)
         with stage("probe"):
-            info = probe_media(fetched.path, control=ctx.control, what="probe of the source")
-            check_against_media(spec, info)
+            info = probe_media(fetched.path, control=ctx.control, what="probe of the source", media=settings.media)
+            check_against_media(spec, info, settings.media.max_dimension)
         out_dir = workdir / "out"
         out_dir.mkdir()
         local: list[LocalOutput] = []
@@ -127,7 +144,8 @@ def run_job(spec: JobSpec, ctx: JobContext, attempts: int) -> dict[str, Any]:
                     t = make_thumbnail(fetched.path, info, thumb, out_dir, control=ctx.control, timeout=timeout,
                                        threads=threads)
                     local.append(LocalOutput(thumb.name, "thumbnail", t.path, t.format, None, t.width, t.height))
-        base = spec.output_dir_key(settings.output.prefix)
+        ctx.control.stop_budget()
+        check_owner(spec, ctx.uploader, base)  # another job may have finished meanwhile
         outputs: list[dict[str, Any]] = []
         with stage("upload", outputs=len(local)):
             for out in local:

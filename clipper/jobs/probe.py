@@ -17,6 +17,7 @@ from typing import Any
 
 from clipper.errors import PermanentError
 from clipper.jobs.command import SOURCE_FORMAT_WHITELIST, JobControl, local_input_options, run_command
+from clipper.settings import MediaSettings
 
 PROBE_TIMEOUT = 60.0
 
@@ -65,6 +66,7 @@ class MediaInfo:
     # timestamps (the keyframe index) are not. 0 for most files, not for e.g. a TS remuxed
     # with -copyts.
     start_time: float = 0.0
+    streams: int = 0  # every stream in the container (subtitles, data, cover pictures too)
 
     def picture_end(self) -> tuple[float, str]:
         """Where the picture ends, and what to call that in a message: the end of the video
@@ -165,18 +167,30 @@ def media_info_from_json(data: dict[str, Any]) -> MediaInfo:
     duration = next((d for d in durations if d), 0.0)
     return MediaInfo(format_name=str(fmt.get("format_name", "unknown")), duration=duration, size=_int(fmt.get("size")),
                      video=video, audio=audio, video_streams=len(videos), audio_streams=len(audios),
-                     start_time=_float(fmt.get("start_time")) or 0.0)
+                     start_time=_float(fmt.get("start_time")) or 0.0, streams=len(streams))
 
 
-def read_media_info(path: Path, format_whitelist: str, *, what: str,
-                    control: JobControl | None = None) -> tuple[MediaInfo | None, str]:
+# what a decoder logs when `-max_pixels` refused a picture (ffprobe then reports 0x0)
+_OVERSIZED_RE = re.compile(r"Picture size (\d+)x(\d+) exceeds specified max pixel count")
+
+
+def read_media_info(path: Path, format_whitelist: str, *, what: str, control: JobControl | None = None,
+                    max_pixels: int = 0) -> tuple[MediaInfo | None, str]:
     """ffprobe `-show_format -show_streams` of a local file: (MediaInfo, "") or (None, why not).
-    The callers decide what an unreadable file means (a bad source, a bad output)."""
+    The callers decide what an unreadable file means (a bad source, a bad output).
+    `max_pixels` > 0: ffprobe's decoders refuse larger pictures instead of allocating them
+    (it decodes a frame to learn the pixel format), and so does this function, naming the size."""
+    pixels = ["-max_pixels", str(max_pixels)] if max_pixels else []
     result = run_command(
-        ["ffprobe", "-v", "error", *local_input_options(format_whitelist), "-show_format", "-show_streams", "-of", "json",
-         str(path)],
+        ["ffprobe", "-v", "error", *local_input_options(format_whitelist), *pixels, "-show_format", "-show_streams",
+         "-of", "json", str(path)],
         what=what, timeout=PROBE_TIMEOUT, control=control, capture_stdout=True, check=False,
     )
+    oversized = _OVERSIZED_RE.search(result.stderr_tail) if max_pixels else None
+    if oversized:
+        w, h = int(oversized[1]), int(oversized[2])
+        raise PermanentError(f"{what}: the picture is {w}x{h} = {w * h} pixels, more than "
+                             f"media.max_source_pixels = {max_pixels}")
     if result.returncode != 0:
         return None, result.stderr_tail.splitlines()[-1] if result.stderr_tail else f"ffprobe exit {result.returncode}"
     try:
@@ -185,17 +199,40 @@ def read_media_info(path: Path, format_whitelist: str, *, what: str,
         return None, f"ffprobe output unreadable: {exc}"
 
 
-def probe_media(path: Path, *, control: JobControl | None = None, what: str = "probe") -> MediaInfo:
+def probe_media(path: Path, *, control: JobControl | None = None, what: str = "probe",
+                media: MediaSettings | None = None) -> MediaInfo:
     """Run ffprobe on a local source. Not a media file (or no audio/video stream, or no
-    duration) is a permanent error: retrying a download will not make it a video."""
-    info, reason = read_media_info(path, SOURCE_FORMAT_WHITELIST, what=what, control=control)
+    duration) is a permanent error: retrying a download will not make it a video. With `media`,
+    a source beyond its limits (`check_source_limits`) is refused before anything decodes it."""
+    info, reason = read_media_info(path, SOURCE_FORMAT_WHITELIST, what=what, control=control,
+                                   max_pixels=media.max_source_pixels if media else 0)
     if info is None:
         raise PermanentError(f"{what}: not a media file we accept ({reason})")
     if info.video is None and info.audio is None:
         raise PermanentError(f"{what}: no audio or video stream in the file (format {info.format_name})")
     if info.duration <= 0:
         raise PermanentError(f"{what}: media has no duration (format {info.format_name})")
+    if media is not None:
+        check_source_limits(info, media, what)
     return info
+
+
+def check_source_limits(info: MediaInfo, media: MediaSettings, what: str = "source") -> None:
+    """Refuse a source whose decoding would cost more than a real source should (pure): the
+    picture size (memory per frame), frame rate and duration (work), the number of streams."""
+    v = info.video
+    if v is not None and v.width * v.height > media.max_source_pixels:
+        raise PermanentError(f"{what}: the picture is {v.width}x{v.height} = {v.width * v.height} pixels, more than "
+                             f"media.max_source_pixels = {media.max_source_pixels}")
+    if v is not None and v.fps is not None and v.fps > media.max_source_fps:
+        raise PermanentError(f"{what}: frame rate {float(v.fps):g} fps is more than media.max_source_fps = "
+                             f"{media.max_source_fps:g}")
+    if info.duration > media.max_source_duration:
+        raise PermanentError(f"{what}: duration {info.duration:g} s is more than media.max_source_duration = "
+                             f"{media.max_source_duration:g} s")
+    if info.streams > media.max_source_streams:
+        raise PermanentError(f"{what}: {info.streams} streams, more than media.max_source_streams = "
+                             f"{media.max_source_streams}")
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,15 @@
 """The thumbnail stage: one ThumbSpec -> one verified still image (jpg, webp or png).
 
 Sizing (`thumb_size`, pure):
-- `width` and `height` with fit `cover`: scaled to cover the box, then the centre cropped to
-  exactly width x height;
+- `width` and `height` with fit `cover`: the centre of the picture with the box's aspect ratio
+  is cropped, then scaled to exactly width x height (cropping first keeps every intermediate
+  frame within the source's and the box's size: a 64x960 source in a 4096x4096 box would
+  otherwise be scaled to 4096x61440 first);
 - with fit `contain`: scaled to fit inside the box keeping the aspect ratio, *no padding*: the
   image is as large as the box allows and its real size is reported (letterboxing is the
   client's business, and a padded image would bake a background colour into it);
-- only one of them: the other follows the aspect ratio; neither: the source's size.
+- only one of them: the other follows the aspect ratio; neither: the source's size. Either
+  way no side may exceed `media.max_dimension` (PermanentError).
 A thumbnail is made at the size asked for, enlarging a smaller source if need be. Sizes are
 computed on the displayed picture (sample aspect ratio and rotation applied, see
 clip.display_size) and the image has square pixels (`setsar=1`): image viewers ignore the
@@ -29,7 +32,7 @@ from pathlib import Path
 
 from clipper.errors import EmptyOutput, PermanentError
 from clipper.jobs.command import JobControl, ffmpeg_argv, output_thread_options, run_ffmpeg, seconds_arg, seek_input
-from clipper.jobs.geometry import display_size, needs_scale
+from clipper.jobs.geometry import display_size, needs_scale, pixel_size
 from clipper.jobs.probe import MediaInfo
 from clipper.jobs.seek import BOUNDARY_SLACK, Seek, accurate_seek
 from clipper.jobs.spec import ThumbSpec
@@ -119,12 +122,14 @@ def build_thumbnail_command(src: Path, source: MediaInfo, thumb: ThumbSpec, out:
         seek = Seek(start, None)
     inp = seek_input(src, seek.input, threads=threads)
     video = inp[str(source.video.index)]
-    scaled = needs_scale(source.video, geo.scale_w, geo.scale_h)
-    filtered = scaled or geo.cropped
-    if scaled:
-        video = video.filter("scale", geo.scale_w, geo.scale_h, flags="lanczos").filter("setsar", 1)
+    scaled = geo.cropped or needs_scale(source.video, geo.width, geo.height)
     if geo.cropped:
-        video = video.filter("crop", geo.width, geo.height)  # centred by default
+        # the share of the picture that stays is the same in decoded pixels as on screen
+        pw, ph = pixel_size(source.video)
+        crop_w, crop_h = max(2, round(pw * geo.width / geo.scale_w)), max(2, round(ph * geo.height / geo.scale_h))
+        video = video.filter("crop", min(pw, crop_w), min(ph, crop_h))  # centred by default
+    if scaled:
+        video = video.filter("scale", geo.width, geo.height, flags="lanczos").filter("setsar", 1)
     opts: dict[str, object] = {"format": "image2", "update": 1, **encoder_options(thumb.format, thumb.quality)}
     if seek.output is not None:
         opts["ss"] = seconds_arg(seek.output)
@@ -132,19 +137,24 @@ def build_thumbnail_command(src: Path, source: MediaInfo, thumb: ThumbSpec, out:
         opts["t"] = seconds_arg(at - start + LAST_FRAME_WINDOW)
     else:
         opts["frames:v"] = 1
-    opts.update(output_thread_options(threads, filtered=filtered))
+    opts.update(output_thread_options(threads, filtered=scaled))
     return ffmpeg_argv(video, out=out, **opts)
 
 
-def check_thumbnail(thumb: ThumbSpec, source: MediaInfo) -> None:
-    """PermanentError when this media cannot give the thumbnail: no video, or `at` at/after the
-    end of the video (not a black frame). Pure; the pipeline checks every output before any work."""
+def check_thumbnail(thumb: ThumbSpec, source: MediaInfo, *, max_dimension: int | None = None) -> None:
+    """PermanentError when this media cannot give the thumbnail: no video, `at` at/after the
+    end of the video (not a black frame), or a side beyond `max_dimension`. Pure; the pipeline
+    checks every output before any work."""
     label = f"thumbnail ({thumb.name})"
     if source.video is None:
         raise PermanentError(f"{label}: the source has no video")
     end, what = source.picture_end()
     if thumb.at >= end:
         raise PermanentError(f"{label}: at {thumb.at:g} s is past the end of the {what} ({end:.3f} s)")
+    geo = thumb_geometry(source, thumb)
+    if max_dimension is not None and max(geo.width, geo.height) > max_dimension:
+        raise PermanentError(f"{label}: the picture would be {geo.width}x{geo.height}, more than media.max_dimension = "
+                             f"{max_dimension} on a side; give both width and height")
 
 
 def make_thumbnail(src: Path, source: MediaInfo, thumb: ThumbSpec, out_dir: Path, *,

@@ -1,13 +1,15 @@
 """Upload stage: put finished files at their keys, in a directory or an S3 bucket.
 
 Keys are a pure function of the message, so a redelivered job overwrites the same objects;
-a directory upload is a write to a temporary name and an atomic rename, so a reader never
+but a job never overwrites another job's: `owner` reads which job wrote the manifest at a
+prefix, and the pipeline refuses a prefix another job id owns. A directory upload is a write to a temporary name and an atomic rename, so a reader never
 sees half a file. S3 credentials come from the standard AWS chain, never from settings.
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import tempfile
@@ -24,6 +26,8 @@ CONTENT_TYPES = {
 }
 
 
+MANIFEST_READ_LIMIT = 1024 * 1024  # a manifest is a few KiB; whatever squats there is not read whole
+
 # errors that say the key's path collides with what is there, not that the output is down
 _KEY_CONFLICTS = frozenset({errno.EEXIST, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG})
 
@@ -32,9 +36,23 @@ def content_type_for(key: str) -> str:
     return CONTENT_TYPES.get(key.rsplit(".", 1)[-1].lower(), "application/octet-stream")
 
 
+def manifest_owner(text: bytes) -> str:
+    """The job id a manifest names; "" when the bytes are not a clipper manifest (pure)."""
+    try:
+        manifest = json.loads(text)
+    except ValueError:
+        return ""
+    owner = manifest.get("id") if isinstance(manifest, dict) else None
+    return owner if isinstance(owner, str) else ""
+
+
 class Uploader(Protocol):
     def upload(self, path: Path, key: str, metadata: dict[str, str]) -> None:
         """Put the file at `key`; OutputUnavailable when the output cannot take it now."""
+
+    def owner(self, manifest_key: str) -> str | None:
+        """The job id of the manifest at `manifest_key`; "" when something else is there, None
+        when nothing is; OutputUnavailable when the output cannot say now."""
 
 
 class DirUploader:
@@ -47,6 +65,18 @@ class DirUploader:
         if self.root not in target.parents:  # keys are validated upstream; this is the last fence
             raise PermanentError(f"output key {key!r} escapes output.dir")
         return target
+
+    def owner(self, manifest_key: str) -> str | None:
+        target = self._target(manifest_key)
+        try:
+            with open(target, "rb") as f:
+                return manifest_owner(f.read(MANIFEST_READ_LIMIT))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except IsADirectoryError:
+            return ""
+        except OSError as exc:
+            raise OutputUnavailable(f"reading {manifest_key}: {exc.strerror or exc}") from exc
 
     def upload(self, path: Path, key: str, metadata: dict[str, str]) -> None:
         target = self._target(key)
@@ -101,6 +131,22 @@ class S3Uploader:
             # of the deployment, never of the message, so the job waits for the output (and
             # ops) instead of using up its attempts and being dead-lettered.
             raise OutputUnavailable(f"upload to s3://{self.bucket}/{key} failed: {exc}") from exc
+
+    def owner(self, manifest_key: str) -> str | None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            obj = self.client.get_object(Bucket=self.bucket, Key=manifest_key, Range=f"bytes=0-{MANIFEST_READ_LIMIT - 1}")
+            return manifest_owner(obj["Body"].read())
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code")
+            if code in ("NoSuchKey", "404", "NotFound"):
+                return None
+            if code == "InvalidRange":  # an empty object: not a manifest
+                return ""
+            raise OutputUnavailable(f"reading s3://{self.bucket}/{manifest_key} failed: {exc}") from exc
+        except BotoCoreError as exc:
+            raise OutputUnavailable(f"reading s3://{self.bucket}/{manifest_key} failed: {exc}") from exc
 
 
 def _fsync_dir(path: Path) -> None:

@@ -224,14 +224,18 @@ def test_jpeg_quality_mapping() -> None:
     assert jpeg_qscale(100) == 2 and jpeg_qscale(1) == 31 and 5 <= jpeg_qscale(85) <= 7
 
 
-def test_thumbnail_cover_argv() -> None:
+def test_thumbnail_cover_argv_crops_before_it_scales() -> None:
     t = ThumbSpec("poster", 3.0, 128, 128, "cover", "jpg", 85)
     out = Path("/w/out/.poster.part.jpg")
     cmd = build_thumbnail_command(SRC, media(video(w=640, h=360)), t, out)
     assert cmd == [*BASE, *inputs("2.9995"),
-                   "-filter_complex", "[0:0]scale=228:128:flags=lanczos[s0];[s0]setsar=1[s1];[s1]crop=128:128[s2]",
+                   "-filter_complex", "[0:0]crop=359:360[s0];[s0]scale=128:128:flags=lanczos[s1];[s1]setsar=1[s2]",
                    "-map", "[s2]", "-f", "image2", "-c:v", "mjpeg", "-frames:v", "1", "-q:v", "6", "-update", "1",
                    str(out)]
+    # a tall, narrow source in a large box: no frame larger than the source or the box
+    tall = build_thumbnail_command(SRC, media(video(w=64, h=960)), ThumbSpec("p", 1.0, 4096, 4096, "cover", "png", 85),
+                                   out)
+    assert "[0:0]crop=64:64[s0];[s0]scale=4096:4096:flags=lanczos[s1];[s1]setsar=1[s2]" in tall
 
 
 def test_thumbnail_last_frame_fallback_reads_a_window_before_at() -> None:

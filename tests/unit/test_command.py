@@ -6,7 +6,11 @@ import time
 import pytest
 
 from clipper.errors import Cancelled, PermanentError, TransientError
-from clipper.jobs.command import JobControl, run_command
+from clipper.jobs.command import ChildLimits, JobControl, JobTimeLimit, run_command, run_ffmpeg
+
+# an endless, CPU-hungry encode of generated frames into nothing
+ENDLESS_ENCODE = ["ffmpeg", "-nostdin", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=30",
+                  "-c:v", "libx264", "-preset", "ultrafast", "-f", "null", "-"]
 
 
 def test_stdout_and_stderr_tail() -> None:
@@ -26,9 +30,9 @@ def test_large_stderr_never_blocks_and_is_truncated() -> None:
     assert len(r.stderr_tail) <= 2000
 
 
-def test_timeout_kills_the_whole_group() -> None:
+def test_timeout_kills_the_whole_group_and_is_permanent() -> None:
     t0 = time.monotonic()
-    with pytest.raises(TransientError, match="timed out after 0.5 s"):
+    with pytest.raises(PermanentError, match="timed out after 0.5 s; the same input would time out again"):
         run_command(["sh", "-c", "sleep 30 & sleep 30"], what="t", timeout=0.5)
     assert time.monotonic() - t0 < 5
 
@@ -42,3 +46,27 @@ def test_cancel_from_another_thread() -> None:
     assert time.monotonic() - t0 < 5
     with pytest.raises(Cancelled):  # no new process starts once cancelled
         run_command(["true"], what="t", timeout=5, control=control)
+
+
+def test_job_budget_bounds_every_command_and_the_stages_between() -> None:
+    control = JobControl("j")
+    control.start_budget(0.5)
+    with pytest.raises(JobTimeLimit, match=r"sleep stopped: the job used up its time budget media.job_timeout = 0.5 s"):
+        run_command(["sleep", "30"], what="sleep", timeout=60, control=control)
+    with pytest.raises(JobTimeLimit):  # and nothing else starts
+        control.check()
+    control.stop_budget()
+    control.check()
+
+
+def test_a_child_past_the_cpu_limit_is_killed_and_the_failure_is_permanent() -> None:
+    control = JobControl("j", limits=ChildLimits(cpu=1))
+    with pytest.raises(PermanentError, match=r"ffmpeg killed at the CPU-time limit media.max_child_cpu = 1 s"):
+        run_ffmpeg(ENDLESS_ENCODE, what="encode", timeout=120, control=control)
+
+
+def test_a_child_past_the_memory_limit_fails_permanently_naming_it() -> None:
+    # x264's threads and lookahead need more than 300 MB of address space
+    control = JobControl("j", limits=ChildLimits(memory=300 * 1024**2))
+    with pytest.raises(PermanentError, match=r"ffmpeg ran out of memory under the limit media.max_child_memory"):
+        run_ffmpeg(ENDLESS_ENCODE, what="encode", timeout=120, control=control)
