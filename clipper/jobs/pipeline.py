@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from clipper.jobs.clip import check_streams, make_clip, resolve_range
 from clipper.errors import PermanentError
+from clipper.jobs.clip import check_streams, make_clip, resolve_range
 from clipper.jobs.command import ChildLimits, JobControl
 from clipper.jobs.fetch import fetch_source
 from clipper.jobs.probe import MediaInfo, probe_media

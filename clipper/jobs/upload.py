@@ -2,8 +2,9 @@
 
 Keys are a pure function of the message, so a redelivered job overwrites the same objects;
 but a job never overwrites another job's: `owner` reads which job wrote the manifest at a
-prefix, and the pipeline refuses a prefix another job id owns. A directory upload is a write to a temporary name and an atomic rename, so a reader never
-sees half a file. S3 credentials come from the standard AWS chain, never from settings.
+prefix, and the pipeline refuses a prefix another job id owns. A directory upload is a write
+to a temporary name and an atomic rename, so a reader never sees half a file. S3 credentials
+come from the standard AWS chain, never from settings.
 """
 
 from __future__ import annotations
