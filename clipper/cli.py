@@ -195,7 +195,7 @@ def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
 
     raw = sys.stdin.buffer.read() if args.message == "-" else args.message.encode()
     try:
-        spec = parse_message(raw, settings.media)
+        spec = parse_message(raw, settings.media, settings.redis.queue)
         check_source_policy(spec.source, settings.fetch)  # what the daemon would refuse anyway
     except PermanentError as exc:
         reason = str(exc)

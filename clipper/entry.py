@@ -89,7 +89,7 @@ class Worker:
         spec: JobSpec | None = None
         started = time.monotonic()
         try:
-            spec = parse_message(item.raw, self.settings.media)
+            spec = parse_message(item.raw, self.settings.media, self.settings.redis.queue)
             ctx = JobContext(settings=self.settings, uploader=self.uploader, control=item.control,
                              scratch=self.scratch, progress=lambda stage: self._progress(item.job_id, stage), log=log)
             result = run_job(spec, ctx, item.attempts)
@@ -119,7 +119,7 @@ class Worker:
         error = {"kind": kind, "message": message}
         seconds = round(time.monotonic() - started, 3)
         max_attempts = self.settings.retry.max_attempts
-        reply_to = spec.reply_to if spec else None
+        reply_to = spec.reply_to if spec else reply_to_for_raw(item.raw, self.settings.redis.queue)
         if kind == "transient" and item.attempts < max_attempts:
             r = self.settings.retry
             delay = backoff_delay(item.attempts, r.backoff_base, r.backoff_max)
@@ -276,7 +276,7 @@ class Entry:
                      f"retry.max_attempts = {self.settings.retry.max_attempts}); the message may crash the daemon"}
             log.error("job.dead", error=error["message"], kind="poison")
             self.outcomes.append(Outcome("bury", raw, job_id, result=failed_result(job_id, attempts, error),
-                                         error=error, attempts=attempts, reply_to=reply_to_for_raw(raw)))
+                                         error=error, attempts=attempts, reply_to=reply_to_for_raw(raw, self.settings.redis.queue)))
             return
         log.info("job.claimed", in_flight=len(self.in_flight) + 1, workers=self.workers)
         future = self._pool.submit(self._worker, item)

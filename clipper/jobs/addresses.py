@@ -21,6 +21,38 @@ def is_ip_literal(text: str) -> bool:
     return True
 
 
+def numeric_host(host: str) -> IPAddress | None:
+    """The address a host written as a number stands for, as the resolver reads it (glibc's
+    inet_aton, which getaddrinfo, wget and ffmpeg use): 1 to 4 dot-separated parts, each
+    decimal, 0x-hex or 0-octal, the last one filling the remaining bytes (`2130706433`,
+    `0x7f.1`, `0177.0.0.1`, `0`); an IPv6 literal as it is; None for a host name. The
+    fetcher and `clipper enqueue` judge this address, so both refuse the same sources."""
+    if is_ip_literal(host):
+        return ipaddress.ip_address(host)
+    parts = host.split(".")
+    if not 1 <= len(parts) <= 4:
+        return None
+    values = []
+    for part in parts:
+        if not (part.isascii() and part.isalnum()):  # int() would take "_", spaces, signs
+            return None
+        try:
+            if part[:2].lower() == "0x":
+                values.append(int(part[2:], 16))
+            elif len(part) > 1 and part[0] == "0":
+                values.append(int(part[1:], 8))
+            else:
+                values.append(int(part, 10) if part.isdigit() else -1)
+        except ValueError:
+            return None
+    if any(v < 0 for v in values) or any(v > 255 for v in values[:-1]) or values[-1] >= 256 ** (5 - len(values)):
+        return None
+    number = 0
+    for v in values[:-1]:
+        number = number * 256 + v
+    return ipaddress.IPv4Address(number * 256 ** (5 - len(values)) + values[-1])
+
+
 def _nets(*specs: tuple[str, str]) -> tuple[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str], ...]:
     return tuple((ipaddress.ip_network(net), why) for net, why in specs)
 

@@ -48,7 +48,7 @@ from urllib.parse import quote, unquote, urljoin, urlsplit
 
 from clipper import __version__
 from clipper.errors import Cancelled, ClipperError, PermanentError, TransientError
-from clipper.jobs.addresses import check_address, is_ip_literal
+from clipper.jobs.addresses import check_address, is_ip_literal, numeric_host
 from clipper.jobs.fetch_s3 import PROGRESS_EVERY, fetch_s3, parse_s3_url
 from clipper.jobs.spec import redact_url
 from clipper.settings import FetchSettings
@@ -57,7 +57,7 @@ CHUNK_BYTES = 1024 * 1024
 WATCHDOG_POLL = 0.2  # seconds; how soon a cancel or the deadline interrupts a blocked read
 USER_AGENT = f"clipper/{__version__}"
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-EXTENSION_RE = re.compile(r"^[a-z0-9]{1,5}$")
+EXTENSION_RE = re.compile(r"[a-z0-9]{1,5}")
 
 @dataclass(frozen=True)
 class FetchedSource:
@@ -125,7 +125,7 @@ def source_filename(url_path: str) -> str:
     if "." not in last:
         return "source"
     ext = last.rsplit(".", 1)[1].lower()
-    return f"source.{ext}" if EXTENSION_RE.match(ext) else "source"
+    return f"source.{ext}" if EXTENSION_RE.fullmatch(ext) else "source"
 
 
 def status_error(status: int, where: str) -> ClipperError | None:
@@ -500,8 +500,9 @@ def check_source_policy(url: str, settings: FetchSettings) -> None:
         raise PermanentError(f"source {where}: invalid URL") from None
     if scheme in ("http", "https"):
         hop = parse_http_url(url)
-        if is_ip_literal(hop.host):
-            reason = check_address(ipaddress.ip_address(hop.host), settings.allow_private)
+        address = numeric_host(hop.host)
+        if address is not None:
+            reason = check_address(address, settings.allow_private)
             if reason is not None:
                 raise PermanentError(f"source {where}: {reason}")
     elif scheme == "file":

@@ -29,7 +29,7 @@ PROGRESS_EVERY = 0.5  # seconds between progress callbacks
 
 # DNS-compatible bucket names only: with virtual-hosted addressing the bucket becomes part of
 # the endpoint's host name, so nothing else may reach it (no IP-like names, no "..").
-S3_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$|^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+S3_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]|[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
 
 def parse_s3_url(url: str) -> tuple[str, str]:
@@ -39,7 +39,7 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     bucket, _, key = rest.partition("/")
     if not bucket or not key:
         raise PermanentError(f"source {redact_url(url)}: expected s3://bucket/key")
-    if not S3_BUCKET_RE.match(bucket) or ".." in bucket or is_ip_literal(bucket):
+    if not S3_BUCKET_RE.fullmatch(bucket) or ".." in bucket or is_ip_literal(bucket):
         raise PermanentError(f"source {redact_url(url)}: {bucket[:70]!r} is not a valid S3 bucket name")
     return bucket, key
 

@@ -119,13 +119,13 @@ def _rotation(stream: dict[str, Any]) -> int:
     return int(round(_float((stream.get("tags") or {}).get("rotate")) or 0)) % 360
 
 
-MATROSKA_DURATION_RE = re.compile(r"^(\d+):(\d{2}):(\d{2}(?:\.\d+)?)$")
+MATROSKA_DURATION_RE = re.compile(r"(\d+):(\d{2}):(\d{2}(?:\.\d+)?)")
 
 
 def tag_duration(stream: dict[str, Any]) -> float | None:
     """A Matroska track's DURATION tag ("00:00:05.213000000", any case) in seconds, or None."""
     tags = {k.upper(): v for k, v in (stream.get("tags") or {}).items()}
-    m = MATROSKA_DURATION_RE.match(str(tags.get("DURATION", "")).strip())
+    m = MATROSKA_DURATION_RE.fullmatch(str(tags.get("DURATION", "")).strip())
     return int(m[1]) * 3600 + int(m[2]) * 60 + float(m[3]) if m else None
 
 

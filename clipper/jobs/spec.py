@@ -22,12 +22,15 @@ from clipper.errors import PermanentError
 from clipper.settings import MediaSettings
 
 MAX_MESSAGE_BYTES = 256 * 1024
+# An oversized message is refused, but up to this size its explicit id and reply_to are still
+# read, so its producer hears of the refusal under the id it chose.
+MAX_READABLE_BYTES = 16 * MAX_MESSAGE_BYTES
 MAX_SECONDS = 7 * 24 * 3600.0  # no real source is longer than a week
-ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
-NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-PREFIX_SEGMENT_RE = re.compile(r"^[A-Za-z0-9_.=-]{1,128}$")
-REPLY_TO_RE = re.compile(r"^[A-Za-z0-9_:.{}\-]{1,200}$")
-TIME_RE = re.compile(r"^(\d{1,3}):([0-5]?\d):([0-5]?\d(?:\.\d{1,6})?)$")
+ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+PREFIX_SEGMENT_RE = re.compile(r"[A-Za-z0-9_.=-]{1,128}")
+REPLY_TO_RE = re.compile(r"[A-Za-z0-9_:.{}\-]{1,200}")
+TIME_RE = re.compile(r"(\d{1,3}):([0-5]?\d):([0-5]?\d(?:\.\d{1,6})?)")
 SOURCE_SCHEMES = ("http", "https", "s3", "file")
 
 Mode = Literal["copy", "accurate", "smart"]
@@ -45,7 +48,7 @@ def parse_time(value: Any, field: str) -> float:
     if isinstance(value, (int, float)):
         seconds = float(value)
     elif isinstance(value, str):
-        m = TIME_RE.match(value.strip())
+        m = TIME_RE.fullmatch(value.strip())
         if not m:
             raise ValueError(f"{field}: {value!r} is not seconds or HH:MM:SS(.fff)")
         seconds = int(m[1]) * 3600 + int(m[2]) * 60 + float(m[3])
@@ -57,7 +60,7 @@ def parse_time(value: Any, field: str) -> float:
 
 
 def _check_name(value: str, what: str) -> str:
-    if not NAME_RE.match(value) or value.startswith(".") or ".." in value:
+    if not NAME_RE.fullmatch(value) or value.startswith(".") or ".." in value:
         raise ValueError(f"{what} {value!r} must match [A-Za-z0-9_.-]{{1,64}}, not start with '.' nor contain '..'")
     return value
 
@@ -116,14 +119,14 @@ class MessageModel(_Strict):
         if v is None:
             return v
         parts = v.split("/")
-        if v.startswith("/") or len(v) > 512 or not all(PREFIX_SEGMENT_RE.match(p) and p not in (".", "..") for p in parts):
+        if v.startswith("/") or len(v) > 512 or not all(PREFIX_SEGMENT_RE.fullmatch(p) and p not in (".", "..") for p in parts):
             raise ValueError(f"output_prefix {v!r} must be a relative path of [A-Za-z0-9_.=-] segments without '..'")
         return v
 
     @field_validator("reply_to")
     @classmethod
     def _reply(cls, v: str | None) -> str | None:
-        if v is not None and not REPLY_TO_RE.match(v):
+        if v is not None and not REPLY_TO_RE.fullmatch(v):
             raise ValueError(f"reply_to {v!r} must match [A-Za-z0-9_:.{{}}-]{{1,200}}")
         return v
 
@@ -195,15 +198,15 @@ def _canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def _decode(raw: bytes | str) -> Any:
+def _decode(raw: bytes | str, limit: int = MAX_MESSAGE_BYTES) -> Any:
     if isinstance(raw, bytes):
-        if len(raw) > MAX_MESSAGE_BYTES:
+        if len(raw) > limit:
             raise PermanentError(f"message is {len(raw)} bytes, more than the limit of {MAX_MESSAGE_BYTES}")
         try:
             raw = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise PermanentError(f"message is not UTF-8 text: {exc}") from None
-    if len(raw) > MAX_MESSAGE_BYTES:
+    if len(raw) > limit:
         raise PermanentError(f"message is {len(raw)} characters, more than the limit of {MAX_MESSAGE_BYTES}")
     text = raw.strip()
     if not text:
@@ -226,11 +229,12 @@ def _reject_constant(name: str) -> Any:
 def job_id_for_raw(raw: bytes | str) -> str:
     """The job id of a raw item, even an invalid one, so attempts and dead letters have a key.
 
-    An explicit valid `id` wins; otherwise a digest of the message content (canonical JSON),
-    so the same message gets the same id; undecodable text gets a digest of its bytes.
+    An explicit valid `id` wins (also in an oversized message up to MAX_READABLE_BYTES);
+    otherwise a digest of the message content (canonical JSON), so the same message gets the
+    same id; undecodable text gets a digest of its bytes.
     """
     try:
-        obj = _decode(raw)
+        obj = _decode(raw, MAX_READABLE_BYTES)
     except PermanentError:
         data = raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass")
         return "x-" + hashlib.sha256(data).hexdigest()[:24]
@@ -238,7 +242,7 @@ def job_id_for_raw(raw: bytes | str) -> str:
 
 
 def valid_id(value: str) -> bool:
-    return bool(ID_RE.match(value)) and not value.startswith(".") and ".." not in value
+    return bool(ID_RE.fullmatch(value)) and not value.startswith(".") and ".." not in value
 
 
 def _job_id(obj: Any) -> str:
@@ -249,15 +253,23 @@ def _job_id(obj: Any) -> str:
     return "j-" + hashlib.sha256(_canonical(obj).encode()).hexdigest()[:24]
 
 
-def reply_to_for_raw(raw: bytes | str) -> str | None:
-    """The `reply_to` of a raw item when it has a valid one, even if the rest is invalid (a
-    poison message buried without being parsed still tells its producer)."""
+def reply_to_for_raw(raw: bytes | str, queue: str) -> str | None:
+    """The `reply_to` of a raw item when it has a valid one, even if the rest is invalid (an
+    invalid or poison message, buried without being parsed, still tells its producer)."""
     try:
-        obj = _decode(raw)
+        obj = _decode(raw, MAX_READABLE_BYTES)
     except PermanentError:
         return None
     reply_to = obj.get("reply_to") if isinstance(obj, dict) else None
-    return reply_to if isinstance(reply_to, str) and REPLY_TO_RE.match(reply_to) else None
+    if not isinstance(reply_to, str) or not REPLY_TO_RE.fullmatch(reply_to):
+        return None
+    return None if names_queue_key(reply_to, queue) else reply_to
+
+
+def names_queue_key(key: str, queue: str) -> bool:
+    """Whether `key` is the queue or one of the keys derived from it (`Q:...`), which only the
+    daemons may write: a reply there would become a message, a dead letter or a job record."""
+    return key == queue or key.startswith(queue + ":")
 
 
 def _validate_source(url: str) -> str:
@@ -338,8 +350,9 @@ def _pydantic_reason(exc: ValidationError) -> str:
     return "invalid message: " + "; ".join(parts)
 
 
-def parse_message(raw: bytes | str, media: MediaSettings) -> JobSpec:
-    """Raw queue item -> JobSpec, or PermanentError naming what is wrong."""
+def parse_message(raw: bytes | str, media: MediaSettings, queue: str) -> JobSpec:
+    """Raw queue item -> JobSpec, or PermanentError naming what is wrong. `queue`: the
+    `redis.queue` the message is for (its keys are out of `reply_to`'s reach)."""
     obj = _decode(raw)
     job_id = _job_id(obj)
     if isinstance(obj, str):
@@ -354,6 +367,9 @@ def parse_message(raw: bytes | str, media: MediaSettings) -> JobSpec:
         model = MessageModel.model_validate(obj)
     except ValidationError as exc:
         raise PermanentError(_pydantic_reason(exc)) from None
+    if model.reply_to is not None and names_queue_key(model.reply_to, queue):
+        raise PermanentError(f"reply_to {model.reply_to!r} names a key of the queue itself ({queue!r} or under "
+                             f"'{queue}:'); reply to a list of your own")
     source = _validate_source(model.source)
     clips = tuple(_clip_spec(c, media, i) for i, c in enumerate(model.clips or []))
     thumbs = tuple(_thumb_spec(t, media, i) for i, t in enumerate(model.thumbnails or []))

@@ -177,7 +177,9 @@ def test_enqueue_invalid_exits_2_and_pushes_nothing(clipper: ClipperHarness, htt
                 json.dumps({"source": http.url("/media/short.mp4"), "clips": [{"name": "a", "start": 5, "end": 1}]}),
                 json.dumps({"source": http.url("/media/short.mp4"), "colour": "red"}),
                 # sources the daemon would refuse anyway: refused at once, naming why
-                "file:///etc/passwd", "http://169.254.169.254/latest/meta-data", "s3://Not_A_Bucket/k.mp4"):
+                "file:///etc/passwd", "http://169.254.169.254/latest/meta-data", "s3://Not_A_Bucket/k.mp4",
+                # numeric host forms the resolver reads as 169.254.169.254 and 0.0.0.0
+                "http://0xa9fea9fe/latest/meta-data", "http://0/x.mp4", "http://0251.0376.0251.0376/x"):
         r = clipper.cli("enqueue", ENV, bad)
         assert r.returncode == 2, (bad, r)
         assert r.stderr.strip(), bad

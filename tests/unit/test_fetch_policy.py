@@ -323,6 +323,9 @@ def _policy_settings(**kw):
     ("http://169.254.169.254/latest", "link-local"),
     ("http://127.0.0.1:8080/v.mp4", "allow_private"),
     ("http://[::ffff:169.254.169.254]/x", "refused"),
+    ("http://0xa9fea9fe/latest", "169.254.169.254 is link-local"),
+    ("http://2130706433/v.mp4", "127.0.0.1 is loopback"),
+    ("http://0/v.mp4", "0.0.0.0 is unspecified"),
     ("file:///etc/passwd", "allow_file_roots"),
     ("gopher://example.com/x", "not allowed"),
     ("s3://Bad_Bucket/key.mp4", "not a valid S3 bucket name"),
@@ -353,3 +356,19 @@ def test_s3_endpoint_on_a_metadata_address_is_refused_even_though_settings_are_t
     check_s3_endpoint(None)
     with pytest.raises(PermanentError, match="link-local"):
         check_s3_endpoint("http://169.254.169.254")
+
+
+@pytest.mark.parametrize("host", ["2130706433", "0xa9fea9fe", "0", "0x7f.1", "0177.0.0.1", "127.1", "10.0x10",
+                                  "1.2.3.4", "0x", "08", "1.2.3.4.5", "256.1.1.1", "4294967296", "0x_1", "1e3"])
+def test_numeric_host_reads_numbers_as_the_resolver_does(host: str) -> None:
+    """The policy judges the address getaddrinfo (and so wget, ffmpeg) would connect to."""
+    import socket
+
+    from clipper.jobs.addresses import numeric_host
+
+    try:
+        resolved = socket.getaddrinfo(host, 80, socket.AF_INET, flags=socket.AI_NUMERICHOST)[0][4][0]
+    except socket.gaierror:
+        resolved = None
+    address = numeric_host(host)
+    assert (str(address) if address is not None else None) == resolved

@@ -7,6 +7,7 @@ from clipper.jobs.spec import job_id_for_raw, parse_message, parse_time, redact_
 from clipper.settings import MediaSettings
 
 MEDIA = MediaSettings()
+Q = "clipper:jobs"
 
 
 def msg(**fields) -> bytes:
@@ -22,7 +23,7 @@ def test_design_example_parses() -> None:
                   {"name": "tail", "start": "00:09:50", "duration": 10, "mode": "accurate", "format": "webm", "height": 360}],
         "thumbnails": [{"name": "poster", "at": 3, "width": 256, "height": 256, "fit": "cover"}],
         "output_prefix": "user-7/upload-99", "reply_to": "app:results"})
-    spec = parse_message(raw, MEDIA)
+    spec = parse_message(raw, MEDIA, Q)
     assert spec.id == "job-42"
     assert [(c.name, c.start, c.end, c.mode, c.format) for c in spec.clips] == [
         ("intro", 5.0, 15.0, "copy", "mp4"), ("tail", 590.0, 600.0, "accurate", "webm")]
@@ -34,7 +35,7 @@ def test_design_example_parses() -> None:
 
 def test_bare_url_and_json_string_get_default_outputs() -> None:
     for raw in (b"https://cdn.example.com/v.mp4", b'"https://cdn.example.com/v.mp4"'):
-        spec = parse_message(raw, MEDIA)
+        spec = parse_message(raw, MEDIA, Q)
         assert spec.source == "https://cdn.example.com/v.mp4"
         assert [c.name for c in spec.clips] == ["clip"]
         assert [t.name for t in spec.thumbnails] == ["poster"]
@@ -46,12 +47,12 @@ def test_derived_id_is_stable_and_content_based() -> None:
     b = job_id_for_raw(b'{"clips":[{"end":2,"name":"a","start":1}],"source":"https://x/v.mp4"}')
     c = job_id_for_raw(b'{"source": "https://x/w.mp4", "clips": [{"name": "a", "start": 1, "end": 2}]}')
     assert a == b != c
-    assert parse_message(b'{"clips":[{"end":2,"name":"a","start":1}],"source":"https://x/v.mp4"}', MEDIA).id == a
+    assert parse_message(b'{"clips":[{"end":2,"name":"a","start":1}],"source":"https://x/v.mp4"}', MEDIA, Q).id == a
 
 
 def test_output_key_defaults_to_id() -> None:
-    assert parse_message(msg(id="j1"), MEDIA).output_dir_key("clips/") == "clips/j1"
-    assert parse_message(msg(id="j1"), MEDIA).output_dir_key("") == "j1"
+    assert parse_message(msg(id="j1"), MEDIA, Q).output_dir_key("clips/") == "clips/j1"
+    assert parse_message(msg(id="j1"), MEDIA, Q).output_dir_key("") == "j1"
 
 
 @pytest.mark.parametrize("value,seconds", [(5, 5.0), (2.5, 2.5), ("00:09:50", 590.0), ("01:00:00.250", 3600.25), ("0:0:1", 1.0)])
@@ -99,27 +100,33 @@ def test_parse_time_rejects(value) -> None:
     (msg(output_prefix="/abs"), "output_prefix"),
     (msg(output_prefix="a/../../b"), "output_prefix"),
     (msg(reply_to="has space"), "reply_to"),
+    (msg(id="job\n"), "id"),
+    (msg(clips=[{"name": "a\n", "start": 1, "end": 2}]), "clip name"),
+    (msg(output_prefix="colA\n"), "output_prefix"),
+    (msg(reply_to="app:results\n"), "reply_to"),
+    (msg(reply_to=Q), "names a key of the queue itself"),
+    (msg(reply_to=f"{Q}:job:other"), "names a key of the queue itself"),
     (msg(unknown=1), "unknown: unknown field"),
     (msg(thumbnails=[{"name": "t", "at": 1, "fit": "stretch"}]), "fit"),
     (msg(clips=[{"name": "manifest", "start": 1, "end": 2}]), "reserved"),
 ])
 def test_invalid_messages_are_permanent_with_a_reason(raw: bytes, reason: str | None) -> None:
     if reason is None:  # file:// is refused later, by fetch (it depends on fetch.allow_file_roots)
-        assert parse_message(raw, MEDIA).source == "file:///etc/passwd"
+        assert parse_message(raw, MEDIA, Q).source == "file:///etc/passwd"
         return
     with pytest.raises(PermanentError, match=reason if reason != "NaN" else "NaN is not allowed|not valid JSON"):
-        parse_message(raw, MEDIA)
+        parse_message(raw, MEDIA, Q)
 
 
 def test_too_many_outputs() -> None:
     clips = [{"name": f"c{i}", "start": 1, "end": 2} for i in range(MEDIA.max_clips + 1)]
     with pytest.raises(PermanentError, match="max_clips"):
-        parse_message(msg(clips=clips), MEDIA)
+        parse_message(msg(clips=clips), MEDIA, Q)
 
 
 def test_huge_message() -> None:
     with pytest.raises(PermanentError, match="limit"):
-        parse_message(b'"' + b"a" * 300_000 + b'"', MEDIA)
+        parse_message(b'"' + b"a" * 300_000 + b'"', MEDIA, Q)
 
 
 def test_invalid_raw_still_gets_a_stable_id() -> None:
@@ -129,7 +136,7 @@ def test_invalid_raw_still_gets_a_stable_id() -> None:
 
 
 def test_format_implies_reencode_when_mode_not_given() -> None:
-    spec = parse_message(msg(clips=[{"name": "a", "start": 1, "end": 2, "format": "webm"}]), MEDIA)
+    spec = parse_message(msg(clips=[{"name": "a", "start": 1, "end": 2, "format": "webm"}]), MEDIA, Q)
     assert spec.clips[0].mode == "accurate"
 
 
@@ -145,6 +152,6 @@ def test_deeply_nested_json_is_an_invalid_message_not_a_crash() -> None:
 
     raw = b"[" * 100_000 + b"]" * 100_000
     assert job_id_for_raw(raw).startswith("x-")
-    assert reply_to_for_raw(raw) is None
+    assert reply_to_for_raw(raw, Q) is None
     with pytest.raises(PermanentError, match="nested too deeply"):
-        parse_message(raw, MediaSettings())
+        parse_message(raw, MediaSettings(), Q)
