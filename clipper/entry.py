@@ -101,7 +101,7 @@ class Worker:
             return Outcome("requeue", item.raw, item.job_id, attempts=item.attempts, uncount=True,
                            reason="cancelled at the stop deadline")
         except OutputUnavailable as exc:
-            message = logs.scrub(str(exc))
+            message = logs.public(str(exc))
             log.warning("job.retry", error=message, reason="output unavailable", seconds=round(time.monotonic() - started, 3))
             # the delay is the main loop's to set: it pauses claiming for the whole daemon
             return Outcome("retry", item.raw, item.job_id, error={"kind": "transient", "message": message},
@@ -115,7 +115,7 @@ class Worker:
             return self._failed(item, spec, "transient", f"internal error: {type(exc).__name__}: {exc}", log, started)
 
     def _failed(self, item: InFlight, spec: JobSpec | None, kind: str, message: str, log: Any, started: float) -> Outcome:
-        message = logs.scrub(message)
+        message = logs.public(message)
         error = {"kind": kind, "message": message}
         seconds = round(time.monotonic() - started, 3)
         max_attempts = self.settings.retry.max_attempts

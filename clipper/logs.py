@@ -29,6 +29,16 @@ def scrub(text: str) -> str:
     return _URL_QUERY.sub(lambda m: m["url"] + "?…", text)
 
 
+# an absolute path of two segments or more, not inside a URL (file:///x stays: the producer wrote it)
+_ABSOLUTE_PATH = re.compile(r"(?<![\w/.:~-])/(?:[^\s/'\"|,;:()\[\]]+/)+([^\s/'\"|,;:()\[\]]*)")
+
+
+def public(text: str) -> str:
+    """An error text fit for results, dead letters and replies: `scrub`bed, and without the
+    daemon's absolute paths (scratch, output root), of which only the file name is kept."""
+    return _ABSOLUTE_PATH.sub(lambda m: "…/" + m[1], scrub(text))
+
+
 def _redact(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
     for key in list(event):
         if key.lower() in _SECRET_KEYS:

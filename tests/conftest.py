@@ -27,6 +27,7 @@ from services import (
     RedisServer,
     SeaweedS3,
     locked_pid,
+    make_hostile_media,
     make_media,
     pid_gone,
     processes_mentioning,
@@ -91,6 +92,13 @@ def s3(s3_server: SeaweedS3) -> Any:
 @pytest.fixture(scope="session")
 def media_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_media(tmp_path_factory.mktemp("media"))
+
+
+@pytest.fixture(scope="session")
+def hostile_media(media_dir: Path) -> Path:
+    """huge.mp4 and tall.mp4 (see services.make_hostile_media) beside the sample media, so the
+    media server serves them; made only when a test asks."""
+    return make_hostile_media(media_dir)
 
 
 @pytest.fixture(scope="session")

@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 import urllib.parse
+import zlib
 from collections import namedtuple
 from collections.abc import Callable
 from pathlib import Path
@@ -574,6 +575,38 @@ def make_media(directory: Path) -> Path:
     for name in ("sample.mp4", "short.mp4"):
         if not (d / name).is_file() or (d / name).stat().st_size == 0:
             raise RuntimeError(f"ffmpeg did not produce {d / name}")
+    return d
+
+
+def _png(width: int, height: int, rgb: bytes = b"\x00\x00\xff") -> bytes:
+    """A one-colour PNG written directly (zlib level 1 over repeated rows): a 16000x16000
+    picture costs ~3 s and 3 MB here, where ffmpeg's PNG encoder takes ~15 s."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + kind + data + (zlib.crc32(kind + data) & 0xFFFFFFFF).to_bytes(4, "big")
+
+    rows = 100
+    block = (b"\x00" + rgb * width) * rows  # filter byte 0, then the pixels
+    comp = zlib.compressobj(1)
+    idat = b"".join([comp.compress(block) for _ in range(height // rows)]
+                    + [comp.compress((b"\x00" + rgb * width) * (height % rows)), comp.flush()])
+    header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def make_hostile_media(directory: Path) -> Path:
+    """huge.mp4: one 16000x16000 PNG frame in MP4 (3 MB that decode to 768 MB per frame);
+    tall.mp4: 64x960 H.264, 2 s (a cover thumbnail of it in a large box scales up 15x)."""
+    d = Path(directory)
+    png = d / "huge.png"
+    png.write_bytes(_png(16000, 16000))
+    try:
+        subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-framerate", "1", "-i", str(png), "-c:v", "copy",
+                        "-frames:v", "1", "-f", "mp4", str(d / "huge.mp4")], check=True, timeout=120)
+    finally:
+        png.unlink()
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=64x960:rate=30:duration=2",
+                    "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", str(d / "tall.mp4")],
+                   check=True, timeout=120)
     return d
 
 

@@ -99,10 +99,10 @@ class DirUploader:
             if exc.errno in _KEY_CONFLICTS and self.jobs_root.is_dir():
                 # another output already holds this path as a file or a directory: the message's
                 # keys, not the output, are the problem (retrying cannot help)
-                raise PermanentError(f"upload to {target}: {exc.strerror or exc} (the key collides with another "
+                raise PermanentError(f"upload of {key}: {exc.strerror or exc} (the key collides with another "
                                      "output's; choose another output_prefix or name)") from exc
             # a full disk, a read-only or unmounted volume, permissions: the output, not the job
-            raise OutputUnavailable(f"upload to {target}: {exc.strerror or exc}") from exc
+            raise OutputUnavailable(f"upload of {key}: {exc.strerror or exc}") from exc
 
 
 class S3Uploader:

@@ -1,6 +1,7 @@
-"""Malformed and hostile messages, pushed raw next to good ones: each bad one ends in Q:dead at
-once with a reason, the good ones are done, nothing is written outside the output root, and the
-daemon keeps running.
+"""Malformed and hostile messages and media, against the real daemon: each bad message ends in
+Q:dead at once with a reason (without the daemon's paths), the good ones are done, nothing is
+written outside the output root, no job overwrites another's outputs, hostile media stay within
+the memory and time limits, and the daemon keeps running.
 
 The harness allows private sources (the media server is on 127.0.0.1), but link-local
 addresses (169.254.0.0/16, where cloud metadata services live) must be refused anyway.
@@ -8,9 +9,15 @@ addresses (169.254.0.0/16, where cloud metadata services live) must be refused a
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import time
 import urllib.parse
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from services import processes_mentioning
 
 if TYPE_CHECKING:
     from conftest import ClipperHarness
@@ -22,7 +29,7 @@ def clip(**fields) -> list[dict]:
     return [{"name": "a", "start": 0, "end": 2, **fields}]
 
 
-def hostile_messages(http, tmp_root) -> dict[str, bytes]:
+def hostile_messages(http, tmp_root, queue: str) -> dict[str, bytes]:
     good_source = http.url("/media/short.mp4")
 
     def msg(**fields) -> bytes:
@@ -83,13 +90,26 @@ def hostile_messages(http, tmp_root) -> dict[str, bytes]:
         "nan start": b'{"source": "%s", "clips": [{"name": "a", "start": NaN, "end": 2}]}' % good_source.encode(),
         "infinity end": b'{"source": "%s", "clips": [{"name": "a", "start": 0, "end": Infinity}]}' % good_source.encode(),
         "too many clips": msg(clips=[{"name": f"c{i}", "start": 0, "end": 1} for i in range(500)]),
+        "oversized with id": msg(id="big-1", reply_to="app:oversized", padding="y" * 300_000),
+        "not a video": msg(source=http.url("/media/not_a_video.mp4")),
+        # a trailing newline would make files and keys with "\n" in them
+        "id with newline": msg(id="nl\n"),
+        "name with newline": msg(clips=clip(name="a\n")),
+        "prefix with newline": msg(output_prefix="colA\n"),
+        "reply_to with newline": msg(reply_to="app:results\n"),
+        # the daemon's own keys: a reply there becomes a message, a dead letter, a job record...
+        "reply_to the queue": msg(reply_to=queue),
+        "reply_to a processing list": msg(reply_to=f"{queue}:processing:someone"),
+        "reply_to the dead letters": msg(reply_to=f"{queue}:dead"),
+        "reply_to another job": msg(reply_to=f"{queue}:job:good1"),
+        "reply_to a heartbeat": msg(reply_to=f"{queue}:consumer:someone"),
     }
 
 
 def test_hostile_messages_are_dead_lettered_and_good_ones_done(clipper: ClipperHarness, http) -> None:
     clipper.configure(**{"workers.count": 2})
     pid = clipper.start()
-    bad = hostile_messages(http, clipper.root)
+    bad = hostile_messages(http, clipper.root, clipper.queue)
     good = {
         "good1": clipper.push({"id": "good1", "source": http.url("/media/short.mp4"), "clips": clip()}),
     }
@@ -119,6 +139,8 @@ def test_hostile_messages_are_dead_lettered_and_good_ones_done(clipper: ClipperH
             problems.append(f"{name}: attempts {entry.get('attempts')} (a permanent error is dead at once): {text}")
         if isinstance(error, dict) and error.get("kind") not in (None, "permanent"):
             problems.append(f"{name}: error kind {error.get('kind')}: {text}")
+        if str(clipper.root) in text or "/var/work/" in text:
+            problems.append(f"{name}: the reason shows the daemon's paths: {text}")
     assert not problems, "\n".join(problems)
     assert len(clipper.dead()) == len(bad)
 
@@ -128,6 +150,10 @@ def test_hostile_messages_are_dead_lettered_and_good_ones_done(clipper: ClipperH
     assert clipper.output_path("clips/good2/b.mp4").is_file()
     assert json.loads(clipper.r.rpop("app:results"))["id"] == "good2"
     assert clipper.r.llen("app:results") == 0
+    # an oversized message is still known by its explicit id, and its producer hears of it
+    assert dead_by_raw[bad["oversized with id"].decode()]["id"] == "big-1"
+    reply = json.loads(clipper.r.rpop("app:oversized"))
+    assert (reply["id"], reply["status"]) == ("big-1", "failed") and "limit" in reply["error"]["message"]
 
     # nothing written outside the output root, nor anything but the good jobs inside it
     written = sorted(str(p.relative_to(clipper.output_dir)) for p in clipper.output_dir.rglob("*") if p.is_file())
@@ -155,3 +181,104 @@ def test_metadata_address_refused_even_with_allow_private(clipper: ClipperHarnes
         error = json.loads(job["result"])["error"]
         assert error["kind"] == "permanent", error
         assert error["message"].strip()
+
+
+# -- outputs -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("output", ["dir", "s3"])
+def test_a_job_never_overwrites_another_jobs_outputs(clipper: ClipperHarness, http, output: str, request) -> None:
+    if output == "s3":
+        clipper.use_s3(request.getfixturevalue("s3_server"))
+        s3 = request.getfixturevalue("s3")
+
+    def stored(key: str) -> bytes:
+        if output == "s3":
+            return s3.get_object(Bucket="clips", Key=key)["Body"].read()
+        return clipper.output_path(key).read_bytes()
+
+    clipper.start()
+    job_a = {"id": "A", "source": http.url("/media/short.mp4"), "clips": clip(), "output_prefix": "colA"}
+    clipper.push(job_a)
+    assert clipper.wait_job("A")["status"] == "done"
+    clipper.push({"id": "B", "source": http.url("/media/sample.mp4"), "clips": [{"name": "a", "start": 5, "end": 7}],
+                  "output_prefix": "colA"})
+    job_b = clipper.wait_job("B")
+    error = json.loads(job_b["result"])["error"]
+    assert (job_b["status"], error["kind"]) == ("failed", "permanent"), job_b
+    assert "'A'" in error["message"] and "colA" in error["message"], error
+
+    recorded = clipper.result("A")["outputs"][0]
+    assert hashlib.sha256(stored(recorded["key"])).hexdigest() == recorded["sha256"]
+    assert json.loads(stored("clips/colA/manifest.json"))["id"] == "A"
+
+    # at-least-once stays idempotent: the same job again overwrites its own outputs
+    first_finish = clipper.job("A")["finished_at"]
+    clipper.push(job_a)
+    clipper.wait_until(lambda: clipper.job("A").get("finished_at") not in (None, first_finish), 60, "A to finish again")
+    assert clipper.job("A")["status"] == "done", clipper.job("A")
+
+
+# -- hostile media -------------------------------------------------------------------------------
+
+def peak_child_rss(clipper: ClipperHarness, job_id: str, timeout: float = 120) -> tuple[int, dict[str, Any]]:
+    """The largest resident set (bytes) any child of the daemon (wget, ffprobe, ffmpeg: their
+    command lines name the daemon's scratch space) had while `job_id` ran, and the finished job."""
+    marker = str(clipper.root) + os.sep
+    peak = 0
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for pid, _ in processes_mentioning(marker):
+            try:
+                status = open(f"/proc/{pid}/status").read()
+            except OSError:
+                continue
+            rss = [int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")]
+            peak = max([peak, *(kb * 1024 for kb in rss)])
+        job = clipper.job(job_id)
+        if job.get("status") in ("done", "failed"):
+            return peak, job
+        time.sleep(0.01)
+    raise AssertionError(f"job {job_id} not finished within {timeout:g} s\n{clipper.diagnostics()}")
+
+
+def test_a_huge_picture_is_refused_after_the_probe_within_the_memory_limit(clipper: ClipperHarness, http,
+                                                                           hostile_media) -> None:
+    """16000x16000 PNG frames in 3 MB: before any decode, refused naming the limit and the size."""
+    limit = 768 * 1024**2
+    clipper.configure(**{"media.max_child_memory": limit})
+    clipper.start()
+    clipper.push({"id": "huge", "source": http.url("/media/huge.mp4"),
+                  "clips": [{"name": "a", "start": 0, "end": 1, "mode": "accurate"}],
+                  "thumbnails": [{"name": "t", "at": 0, "format": "png"}]})
+    peak, job = peak_child_rss(clipper, "huge")
+    error = json.loads(job["result"])["error"]
+    assert (job["status"], job["attempts"], error["kind"]) == ("failed", "1", "permanent"), job
+    assert "16000x16000" in error["message"] and "media.max_source_pixels" in error["message"], error
+    assert 0 < peak < limit, f"a child of the daemon reached {peak / 2**20:.0f} MiB"
+
+
+def test_a_cover_thumbnail_of_a_tall_source_crops_before_it_scales(clipper: ClipperHarness, http,
+                                                                  hostile_media) -> None:
+    clipper.start()
+    clipper.push({"id": "tall", "source": http.url("/media/tall.mp4"),
+                  "thumbnails": [{"name": "t", "at": 1, "width": 4096, "height": 4096, "fit": "cover"}]})
+    peak, job = peak_child_rss(clipper, "tall")
+    assert job["status"] == "done", job
+    out = clipper.result("tall")["outputs"][0]
+    assert (out["width"], out["height"]) == (4096, 4096)
+    assert peak < 300 * 1024**2, f"a child of the daemon reached {peak / 2**20:.0f} MiB"
+
+
+def test_the_job_budget_stops_slow_thumbnails_for_good(clipper: ClipperHarness, http) -> None:
+    """Eight large PNG thumbnails take far longer than a 2 s budget for the whole job: the job
+    is stopped and dead at once (the same input would use up the budget again)."""
+    clipper.configure(**{"media.job_timeout": 2, "workers.ffmpeg_threads": 1})
+    clipper.start()
+    clipper.push({"id": "slow", "source": http.url("/media/sample.mp4"),
+                  "thumbnails": [{"name": f"t{i}", "at": 1.9 + 2 * i, "width": 4096, "height": 4096, "format": "png"}
+                                 for i in range(8)]})
+    job = clipper.wait_job("slow", timeout=60)
+    error = json.loads(job["result"])["error"]
+    assert (job["status"], job["attempts"], error["kind"]) == ("failed", "1", "permanent"), job
+    assert "media.job_timeout = 2 s" in error["message"], error
+    assert not clipper.output_path("clips/slow").exists()
