@@ -13,7 +13,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,6 +98,32 @@ def output_record(out: LocalOutput, key: str) -> dict[str, Any]:
     return record
 
 
+Stage = Callable[..., AbstractContextManager[None]]
+
+
+def make_outputs(spec: JobSpec, ctx: JobContext, src: Path, info: MediaInfo, out_dir: Path,
+                 stage: Stage) -> list[LocalOutput]:
+    """Every clip, then every thumbnail, made from the local copy and verified, in `out_dir`."""
+    media, threads = ctx.settings.media, ctx.settings.workers.ffmpeg_threads
+    out_dir.mkdir()
+    local: list[LocalOutput] = []
+    if spec.clips:
+        with stage("clip", clips=len(spec.clips)):
+            for clip in spec.clips:
+                r = make_clip(src, info, clip, out_dir, media, threads=threads, control=ctx.control,
+                              timeout=media.stage_timeout)
+                v = r.info.video
+                local.append(LocalOutput(clip.name, "clip", r.path, clip.format, r.info.duration,
+                                         v.width if v else None, v.height if v else None, r.mode, r.note))
+    if spec.thumbnails:
+        with stage("thumbnails", thumbnails=len(spec.thumbnails)):
+            for thumb in spec.thumbnails:
+                t = make_thumbnail(src, info, thumb, out_dir, control=ctx.control, timeout=media.stage_timeout,
+                                   threads=threads)
+                local.append(LocalOutput(thumb.name, "thumbnail", t.path, t.format, None, t.width, t.height))
+    return local
+
+
 def run_job(spec: JobSpec, ctx: JobContext, attempts: int) -> dict[str, Any]:
     settings = ctx.settings
     timings: dict[str, float] = {}
@@ -125,25 +151,7 @@ def run_job(spec: JobSpec, ctx: JobContext, attempts: int) -> dict[str, Any]:
         with stage("probe"):
             info = probe_media(fetched.path, control=ctx.control, what="probe of the source", media=settings.media)
             check_against_media(spec, info, settings.media.max_dimension)
-        out_dir = workdir / "out"
-        out_dir.mkdir()
-        local: list[LocalOutput] = []
-        timeout = settings.media.stage_timeout
-        threads = settings.workers.ffmpeg_threads
-        if spec.clips:
-            with stage("clip", clips=len(spec.clips)):
-                for clip in spec.clips:
-                    r = make_clip(fetched.path, info, clip, out_dir, settings.media, threads=threads,
-                                  control=ctx.control, timeout=timeout)
-                    v = r.info.video
-                    local.append(LocalOutput(clip.name, "clip", r.path, clip.format, r.info.duration,
-                                             v.width if v else None, v.height if v else None, r.mode, r.note))
-        if spec.thumbnails:
-            with stage("thumbnails", thumbnails=len(spec.thumbnails)):
-                for thumb in spec.thumbnails:
-                    t = make_thumbnail(fetched.path, info, thumb, out_dir, control=ctx.control, timeout=timeout,
-                                       threads=threads)
-                    local.append(LocalOutput(thumb.name, "thumbnail", t.path, t.format, None, t.width, t.height))
+        local = make_outputs(spec, ctx, fetched.path, info, workdir / "out", stage)
         ctx.control.stop_budget()
         check_owner(spec, ctx.uploader, base)  # another job may have finished meanwhile
         outputs: list[dict[str, Any]] = []
