@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from mediacheck import assert_frame_exact, decode_errors, ffprobe_json
 
-from clipper.errors import Cancelled, PermanentError, TransientError
+from clipper.errors import Cancelled, PermanentError
 from clipper.jobs.clip import make_clip
 from clipper.jobs.spec import ClipSpec
 
@@ -172,10 +172,10 @@ def test_failed_clip_leaves_no_file(sources, tmp_path: Path, media, control) -> 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.mp4"]
 
 
-def test_timeout_is_transient_and_cancel_is_honoured(sources, tmp_path: Path, media, control) -> None:
+def test_timeout_is_permanent_and_cancel_is_honoured(sources, tmp_path: Path, media, control) -> None:
     src = sources["gop2"]
     spec = ClipSpec("c", 0, 12, "accurate", "webm")
-    with pytest.raises(TransientError, match="timed out"):
+    with pytest.raises(PermanentError, match="timed out .* the same input would time out again"):
         make_clip(src.path, src.info, spec, tmp_path, media, threads=0, control=control, timeout=0.05)
     control.cancel()
     for mode in ("copy", "accurate", "smart"):
