@@ -12,6 +12,7 @@ This module knows Redis keys and transitions; it knows nothing about ffmpeg or m
 from __future__ import annotations
 
 import collections
+import importlib.resources
 import json
 import os
 import random
@@ -29,147 +30,18 @@ from clipper.settings import RedisSettings
 # and two identical messages waiting at once must stay two items.
 _RETRY_NONCE_LEN = 9  # "xxxxxxxx|"
 
-_MARK_CLAIMED = """
--- KEYS: job. ARGV: now. Counts the attempt at claim time, so a message that kills
--- the daemon every time is still counted (and buried after retry.max_attempts).
--- A finished record (done/failed) means this is a new submission of the same message.
-local status = redis.call('HGET', KEYS[1], 'status')
-if status == 'done' or status == 'failed' then redis.call('HDEL', KEYS[1], 'attempts', 'result', 'finished_at') end
-local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1], 'updated_at', ARGV[1], 'progress', 'claimed')
-redis.call('HSETNX', KEYS[1], 'created_at', ARGV[1])
-redis.call('PERSIST', KEYS[1])
-return attempts
-"""
+# The atomic moves live in clipper/lua/<name>.lua, each with a header naming its KEYS and ARGV.
+# Every script that writes a job record starts with the one type check in job_record.lua.
+_LUA = importlib.resources.files("clipper") / "lua"
+_WRITES_JOB_RECORD = ("mark_claimed", "ack", "retry_later", "bury", "requeue", "promote", "reap", "dead_retry")
 
-# Every script that writes a job record checks its type before it writes anything: Lua does not
-# roll back, so an error halfway (WRONGTYPE on a key someone else wrote) could leave an item
-# moved without its record, or in no place at all. Such an item is left where it was (-1) and
-# the caller dead-letters it as it is (bury_as_is).
-_JOB_OK = """
-local jt = redis.call('TYPE', KEYS[JOB])['ok']
-if jt ~= 'hash' and jt ~= 'none' then return -1 end
-"""
 
-_ACK = """
--- KEYS: processing, job, events. ARGV: raw, status, result, now, ttl, event
-""" + _JOB_OK.replace("JOB", "2") + """
-local removed = redis.call('LREM', KEYS[1], 1, ARGV[1])
-redis.call('HSET', KEYS[2], 'status', ARGV[2], 'result', ARGV[3], 'finished_at', ARGV[4], 'updated_at', ARGV[4],
-           'progress', ARGV[2])
-redis.call('EXPIRE', KEYS[2], tonumber(ARGV[5]))
-redis.call('PUBLISH', KEYS[3], ARGV[6])
-return removed
-"""
-
-_RETRY_LATER = """
--- KEYS: processing, retry, job, events. ARGV: raw, member, due, now, event, error, uncount
--- uncount: the failure was not the message's (the output was down), so no attempt is used up.
-""" + _JOB_OK.replace("JOB", "3") + """
-local removed = redis.call('LREM', KEYS[1], 1, ARGV[1])
-if removed == 0 then return 0 end
-redis.call('ZADD', KEYS[2], tonumber(ARGV[3]), ARGV[2])
-if ARGV[7] == '1' and tonumber(redis.call('HGET', KEYS[3], 'attempts') or '0') > 0 then
-  redis.call('HINCRBY', KEYS[3], 'attempts', -1)
-end
-redis.call('HSET', KEYS[3], 'status', 'retrying', 'due_at', ARGV[3], 'updated_at', ARGV[4], 'last_error', ARGV[6])
-redis.call('PUBLISH', KEYS[4], ARGV[5])
-return 1
-"""
-
-_BURY = """
--- KEYS: processing, dead, job, events. ARGV: raw, dead_entry, result, now, ttl, event
-""" + _JOB_OK.replace("JOB", "3") + """
-local removed = redis.call('LREM', KEYS[1], 1, ARGV[1])
-if removed == 0 then return 0 end
-redis.call('LPUSH', KEYS[2], ARGV[2])
-redis.call('HSET', KEYS[3], 'status', 'failed', 'result', ARGV[3], 'finished_at', ARGV[4], 'updated_at', ARGV[4],
-           'progress', 'failed')
-redis.call('EXPIRE', KEYS[3], tonumber(ARGV[5]))
-redis.call('PUBLISH', KEYS[4], ARGV[6])
-return 1
-"""
-
-_BURY_AS_IS = """
--- KEYS: processing, dead. ARGV: raw, dead_entry. The last resort when the job's own keys
--- cannot be written (e.g. another type under Q:job:<id>): the item still ends up dead.
-if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
-redis.call('LPUSH', KEYS[2], ARGV[2])
-return 1
-"""
-
-_REQUEUE = """
--- KEYS: processing, queue, job, events. ARGV: raw, now, event, uncount
--- Back to the consuming end of Q (it was next in line). An attempt cut short by our own
--- shutdown is not the message's fault, so it is not counted.
-""" + _JOB_OK.replace("JOB", "3") + """
-local removed = redis.call('LREM', KEYS[1], 1, ARGV[1])
-if removed == 0 then return 0 end
-redis.call('RPUSH', KEYS[2], ARGV[1])
-if ARGV[4] == '1' and tonumber(redis.call('HGET', KEYS[3], 'attempts') or '0') > 0 then
-  redis.call('HINCRBY', KEYS[3], 'attempts', -1)
-end
-redis.call('HSET', KEYS[3], 'status', 'queued', 'updated_at', ARGV[2], 'progress', 'requeued')
-redis.call('PUBLISH', KEYS[4], ARGV[3])
-return 1
-"""
-
-_PROMOTE = """
--- KEYS: retry, queue, events, job_1..job_n. ARGV: now, n, then member_i, event_i for each i.
--- Due retries go to the consuming end of Q and their records say so. Python read the due
--- members (to name their jobs); one another daemon promoted meanwhile is skipped.
-local n = tonumber(ARGV[2])
-local moved = {}
-for i = 1, n do
-  local member, event = ARGV[1 + 2 * i], ARGV[2 + 2 * i]
-  if redis.call('ZREM', KEYS[1], member) == 1 then
-    redis.call('RPUSH', KEYS[2], string.sub(member, 10))
-    local jt = redis.call('TYPE', KEYS[3 + i])['ok']
-    if jt == 'hash' or jt == 'none' then
-      redis.call('HSET', KEYS[3 + i], 'status', 'queued', 'updated_at', ARGV[1], 'progress', 'retry due')
-    end
-    redis.call('PUBLISH', KEYS[3], event)
-    moved[#moved + 1] = i
-  end
-end
-return moved
-"""
-
-_REAP = """
--- KEYS: processing, queue, heartbeat, consumers, events, job_1..job_n.
--- ARGV: consumer, force, now, reason, n, then raw_i, event_i for each i (the list as Python read it).
--- Moves a consumer's items back to the consuming end of Q, oldest consumed first, unless its
--- heartbeat is alive (force: our own leftovers, we hold the pid lock).
-if ARGV[2] ~= '1' and redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
-local n = tonumber(ARGV[5])
-local moved = {}
-for i = 1, n do
-  local raw, event = ARGV[4 + 2 * i], ARGV[5 + 2 * i]
-  if redis.call('LREM', KEYS[1], 1, raw) == 1 then
-    redis.call('RPUSH', KEYS[2], raw)
-    local jt = redis.call('TYPE', KEYS[5 + i])['ok']
-    if jt == 'hash' or jt == 'none' then
-      redis.call('HSET', KEYS[5 + i], 'status', 'queued', 'updated_at', ARGV[3], 'progress', ARGV[4])
-    end
-    redis.call('PUBLISH', KEYS[5], event)
-    moved[#moved + 1] = i
-  end
-end
--- anything not in the list Python read (it cannot grow for a dead consumer; belt and braces)
-while redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT') do moved[#moved + 1] = 0 end
-if ARGV[2] ~= '1' then redis.call('SREM', KEYS[4], ARGV[1]) end
-return moved
-"""
-
-_DEAD_RETRY = """
--- KEYS: dead, queue, job. ARGV: entry, raw, now. Moves one dead letter back to Q with a
--- fresh attempt count (an operator decided it deserves another round).
-local removed = redis.call('LREM', KEYS[1], 1, ARGV[1])
-if removed == 0 then return 0 end
-redis.call('LPUSH', KEYS[2], ARGV[2])
-redis.call('HSET', KEYS[3], 'status', 'queued', 'attempts', 0, 'updated_at', ARGV[3], 'progress', 'requeued from dead')
-return 1
-"""
+def lua_source(name: str) -> str:
+    """The text of one script as Redis runs it: job_record.lua first when it writes a job record."""
+    body = (_LUA / f"{name}.lua").read_text(encoding="utf-8")
+    if name in _WRITES_JOB_RECORD:
+        return (_LUA / "job_record.lua").read_text(encoding="utf-8") + body
+    return body
 
 
 # Redis is away or cannot take writes for now: wait, keep every outcome, try again.
@@ -274,15 +146,15 @@ class ReliableQueue:
         self.consumer = consumer
         self.processing = self.keys.processing(consumer)
         self.result_ttl = result_ttl
-        self._mark_claimed = client.register_script(_MARK_CLAIMED)
-        self._ack = client.register_script(_ACK)
-        self._retry_later = client.register_script(_RETRY_LATER)
-        self._bury = client.register_script(_BURY)
-        self._requeue = client.register_script(_REQUEUE)
-        self._bury_as_is = client.register_script(_BURY_AS_IS)
-        self._promote = client.register_script(_PROMOTE)
-        self._reap = client.register_script(_REAP)
-        self._dead_retry = client.register_script(_DEAD_RETRY)
+        self._mark_claimed = client.register_script(lua_source("mark_claimed"))
+        self._ack = client.register_script(lua_source("ack"))
+        self._retry_later = client.register_script(lua_source("retry_later"))
+        self._bury = client.register_script(lua_source("bury"))
+        self._requeue = client.register_script(lua_source("requeue"))
+        self._bury_as_is = client.register_script(lua_source("bury_as_is"))
+        self._promote = client.register_script(lua_source("promote"))
+        self._reap = client.register_script(lua_source("reap"))
+        self._dead_retry = client.register_script(lua_source("dead_retry"))
 
     # -- producers -------------------------------------------------------------------------
     def push(self, raw: bytes | str) -> int:
@@ -296,7 +168,7 @@ class ReliableQueue:
     def mark_claimed(self, job_id: str) -> int:
         """Count the attempt and mark the job running; returns the attempt number."""
         now = _now()
-        attempts = int(self._mark_claimed(keys=[self.keys.job(job_id)], args=[now]))
+        attempts = int(self._checked(job_id, self._mark_claimed(keys=[self.keys.job(job_id)], args=[now])))
         self.r.publish(self.keys.events, _event(job_id, "running", attempts=attempts))
         return attempts
 
@@ -475,8 +347,9 @@ class ReliableQueue:
                 continue
             if ids and job_id not in ids:
                 continue
-            moved += int(self._dead_retry(keys=[self.keys.dead, self.keys.queue, self.keys.job(job_id)],
-                                          args=[entry, raw, _now()]))
+            # -1: the job key holds another type; the letter stays dead rather than lose its record
+            moved += max(0, int(self._dead_retry(keys=[self.keys.dead, self.keys.queue, self.keys.job(job_id)],
+                                                 args=[entry, raw, _now()])))
         return moved
 
     def dead_purge(self) -> int:
