@@ -24,6 +24,7 @@ from typing import Any
 
 import redis
 
+from clipper.logs import scrub
 from clipper.settings import RedisSettings
 
 # Retry members carry a random 8-hex prefix: a sorted set keeps one copy of equal members,
@@ -68,6 +69,11 @@ def connect_redis(settings: RedisSettings) -> redis.Redis:
                                 socket_connect_timeout=settings.socket_timeout, health_check_interval=10)
 
 
+def unreachable(settings: RedisSettings, exc: Exception) -> str:
+    """The one-line reason Redis could not be reached (credentials scrubbed from the URL)."""
+    return scrub(f"cannot reach Redis at {settings.url}: {exc}")
+
+
 def default_consumer_id(pid_file: str) -> str:
     """Stable for one host and pid file: a daemon restarted after a crash holds the pid lock,
     so nobody else uses this id, and it can take its own leftovers back at once."""
@@ -75,14 +81,6 @@ def default_consumer_id(pid_file: str) -> str:
 
     digest = hashlib.sha1(os.path.realpath(pid_file).encode()).hexdigest()[:8]
     return f"{socket.gethostname()}-{digest}"
-
-
-def backoff_delay(attempt: int, base: float, maximum: float, rng: random.Random | None = None) -> float:
-    """Exponential backoff with full jitter in its upper half: base * 2**(attempt-1), capped,
-    then a random point between half of it and all of it (spreads a thundering herd)."""
-    rng = rng or random
-    ceiling = min(maximum, base * (2 ** min(max(0, attempt - 1), 60)))  # no float overflow, however long
-    return ceiling / 2 + rng.random() * ceiling / 2
 
 
 @dataclass(frozen=True)

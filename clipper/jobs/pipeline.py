@@ -51,10 +51,6 @@ class LocalOutput:
     note: str | None = None
 
 
-def failed_result(job_id: str, attempts: int, error: dict[str, str]) -> dict[str, Any]:
-    return {"id": job_id, "status": "failed", "attempts": attempts, "outputs": [], "timings": {}, "error": error}
-
-
 def check_against_media(spec: JobSpec, info: MediaInfo) -> None:
     """Fail before any work when one of the outputs cannot be made from this media (the same
     checks each stage makes, so a bad last clip does not cost the encodes before it)."""
