@@ -23,8 +23,8 @@ import redis
 
 from clipper import __version__, logs
 from clipper.daemon import CannotStart, Readiness
-from clipper.jobs.command import JobControl
 from clipper.jobs.spec import job_id_for_raw, reply_to_for_raw
+from clipper.media.command import JobControl
 from clipper.policy import Ack, Bury, Failure, Outcome, OutputBreaker, Requeue, Retry, RetryPolicy
 from clipper.queue import ReliableQueue, connect_redis, default_consumer_id, redis_trouble, unreachable
 from clipper.runner import InFlight, JobRunner

@@ -15,10 +15,10 @@ from typing import Any
 
 from clipper import logs
 from clipper.errors import Cancelled, OutputUnavailable, PermanentError, TransientError
-from clipper.jobs.command import JobControl
 from clipper.jobs.pipeline import JobContext, run_job
 from clipper.jobs.spec import JobSpec, parse_message
 from clipper.jobs.upload import make_uploader
+from clipper.media.command import JobControl
 from clipper.policy import Ack, Failure, Requeue
 from clipper.settings import Settings
 

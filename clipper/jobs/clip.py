@@ -43,12 +43,12 @@ from pathlib import Path
 import ffmpeg
 
 from clipper.errors import PermanentError
-from clipper.jobs.command import JobControl, ffmpeg_argv, output_thread_options, run_ffmpeg, seconds_arg, seek_input
-from clipper.jobs.geometry import display_size, needs_scale, scaled_size
 from clipper.jobs.probe import MediaInfo, VideoStream
-from clipper.jobs.seek import BOUNDARY_SLACK, Seek, accurate_seek, copy_lead_in, first_video_time, plan_seek
 from clipper.jobs.spec import ClipSpec
-from clipper.jobs.verify import verify_output
+from clipper.media.command import JobControl, ffmpeg_argv, output_thread_options, run_ffmpeg, seconds_arg, seek_input
+from clipper.media.geometry import display_size, needs_scale, scaled_size
+from clipper.media.seek import BOUNDARY_SLACK, Seek, accurate_seek, copy_lead_in, first_video_time, plan_seek
+from clipper.media.verify import verify_output
 from clipper.settings import MediaSettings
 
 EXTENSIONS: dict[str, str] = {"mp4": "mp4", "mkv": "mkv", "webm": "webm", "gif": "gif", "m4a": "m4a", "mp3": "mp3"}

@@ -47,8 +47,8 @@ from typing import Any
 from urllib.parse import quote, unquote, urljoin, urlsplit
 
 from clipper import __version__
+from clipper.addresses import check_address, is_ip_literal
 from clipper.errors import Cancelled, ClipperError, PermanentError, TransientError
-from clipper.jobs.addresses import check_address, is_ip_literal
 from clipper.jobs.fetch_s3 import PROGRESS_EVERY, fetch_s3, parse_s3_url
 from clipper.jobs.spec import redact_url
 from clipper.settings import FetchSettings

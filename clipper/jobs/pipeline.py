@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from clipper.jobs.clip import check_streams, make_clip, resolve_range
-from clipper.jobs.command import JobControl
 from clipper.jobs.fetch import fetch_source
 from clipper.jobs.probe import MediaInfo, probe_media
 from clipper.jobs.spec import JobSpec, redact_url
 from clipper.jobs.thumbs import check_thumbnail, make_thumbnail
 from clipper.jobs.upload import Uploader
+from clipper.media.command import JobControl
 from clipper.settings import Settings
 
 

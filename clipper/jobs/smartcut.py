@@ -59,7 +59,9 @@ import ffmpeg
 
 from clipper.errors import PermanentError
 from clipper.jobs.clip import COPY_AUDIO_CODECS, clip_label
-from clipper.jobs.command import (
+from clipper.jobs.probe import PROBE_TIMEOUT, MediaInfo, packet_index_csv
+from clipper.jobs.spec import ClipSpec
+from clipper.media.command import (
     JobControl,
     ffmpeg_argv,
     ffmpeg_base,
@@ -68,8 +70,7 @@ from clipper.jobs.command import (
     run_ffmpeg,
     seek_input,
 )
-from clipper.jobs.probe import PROBE_TIMEOUT, MediaInfo, packet_index_csv
-from clipper.jobs.smartplan import (
+from clipper.media.smartplan import (
     IndexPacket,
     Piece,
     SmartCutFallback,
@@ -78,8 +79,7 @@ from clipper.jobs.smartplan import (
     microseconds,
     plan_smart_cut,
 )
-from clipper.jobs.spec import ClipSpec
-from clipper.jobs.verify import verify_output
+from clipper.media.verify import verify_output
 from clipper.settings import MediaSettings
 
 __all__ = ["SmartCutFallback", "make_smart_clip"]

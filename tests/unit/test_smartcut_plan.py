@@ -24,7 +24,7 @@ from clipper.jobs.smartcut import (
     x264_options_from_sei,
     x264_params,
 )
-from clipper.jobs.smartplan import IndexPacket, SmartCutFallback, SmartPlan, index_from_csv, microseconds, plan_smart_cut
+from clipper.media.smartplan import IndexPacket, SmartCutFallback, SmartPlan, index_from_csv, microseconds, plan_smart_cut
 
 TB = Fraction(1, 15360)
 FRAME = 512  # ticks of one frame at 30 fps
