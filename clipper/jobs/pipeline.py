@@ -100,7 +100,7 @@ def run_job(spec: JobSpec, ctx: JobContext, attempts: int) -> dict[str, Any]:
     workdir.mkdir(parents=True)
     try:
         with stage("fetch", source=redact_url(spec.source)):
-            fetched = fetch_source(spec.source, workdir, settings.fetch, cancelled=ctx.control.cancelled)
+            fetched = fetch_source(spec.source, workdir, settings.fetch, control=ctx.control)
         with stage("probe"):
             info = probe_media(fetched.path, control=ctx.control, what="probe of the source")
             check_against_media(spec, info)
