@@ -134,8 +134,8 @@ class Supervisor:
             raise CannotStart(unreachable(self.settings.redis, exc)) from exc
 
     def _reach_redis(self) -> None:
-        self.queue.r.ping()
-        for warning in redis_durability_warnings(self.queue.r):
+        self.queue.redis.ping()
+        for warning in redis_durability_warnings(self.queue.redis):
             self.log.warning("redis.durability", warning=warning)
         shutil.rmtree(self.scratch, ignore_errors=True)  # a crashed predecessor's downloads
         self.scratch.mkdir(parents=True, exist_ok=True)

@@ -138,7 +138,7 @@ class ReliableQueue:
                  result_ttl: int = 7 * 24 * 3600):
         """`job_id_of` names the job of a raw item (the message format is not this module's
         business); moves that find items in Redis use it to update their job records."""
-        self.r = client
+        self.redis = client
         self.job_id_of = job_id_of
         self.keys = Keys(queue)
         self.consumer = consumer
@@ -156,18 +156,18 @@ class ReliableQueue:
 
     # -- producers -------------------------------------------------------------------------
     def push(self, raw: bytes | str) -> int:
-        return int(self.r.lpush(self.keys.queue, raw))
+        return int(self.redis.lpush(self.keys.queue, raw))
 
     # -- taking and finishing work -----------------------------------------------------------
     def claim(self, timeout: float = 1.0) -> bytes | None:
         """Move the oldest pending item into our processing list (blocks at most `timeout`)."""
-        return self.r.blmove(self.keys.queue, self.processing, timeout, "RIGHT", "LEFT")
+        return self.redis.blmove(self.keys.queue, self.processing, timeout, "RIGHT", "LEFT")
 
     def mark_claimed(self, job_id: str) -> int:
         """Count the attempt and mark the job running; returns the attempt number."""
         now = _now()
         attempts = int(self._checked(job_id, self._mark_claimed(keys=[self.keys.job(job_id)], args=[now])))
-        self.r.publish(self.keys.events, _event(job_id, "running", attempts=attempts))
+        self.redis.publish(self.keys.events, _event(job_id, "running", attempts=attempts))
         return attempts
 
     def ack(self, raw: bytes, job_id: str, result: dict[str, Any], reply_to: str | None = None) -> bool:
@@ -210,7 +210,7 @@ class ReliableQueue:
         if not reply_to:
             return True
         try:
-            self.r.lpush(reply_to, payload)
+            self.redis.lpush(reply_to, payload)
         except redis.ResponseError as exc:
             if redis_trouble(exc):
                 raise
@@ -219,7 +219,7 @@ class ReliableQueue:
 
     def _checked(self, job_id: str, outcome: Any) -> Any:
         if outcome == -1:
-            raise JobRecordError(f"{self.keys.job(job_id)} holds a {self.r.type(self.keys.job(job_id))!r}, not a job "
+            raise JobRecordError(f"{self.keys.job(job_id)} holds a {self.redis.type(self.keys.job(job_id))!r}, not a job "
                                  "record; the item was left where it was")
         return outcome
 
@@ -235,12 +235,12 @@ class ReliableQueue:
             args=[raw, _now(), _event(job_id, "queued"), "1" if uncount else "0"])))
 
     def set_progress(self, job_id: str, progress: str) -> None:
-        self.r.hset(self.keys.job(job_id), mapping={"progress": progress, "updated_at": _now()})
+        self.redis.hset(self.keys.job(job_id), mapping={"progress": progress, "updated_at": _now()})
 
     # -- maintenance -------------------------------------------------------------------------
     def promote_due(self, limit: int = 100) -> list[str]:
         """Move due retries to the consuming end of Q; returns the job ids moved."""
-        members = self.r.zrangebyscore(self.keys.retry, "-inf", _now(), start=0, num=limit)
+        members = self.redis.zrangebyscore(self.keys.retry, "-inf", _now(), start=0, num=limit)
         if not members:
             return []
         ids = [self.job_id_of(m[_RETRY_NONCE_LEN:]) for m in members]
@@ -252,7 +252,7 @@ class ReliableQueue:
         return [ids[int(i) - 1] for i in moved]
 
     def heartbeat(self, ttl: float, info: dict[str, Any]) -> None:
-        pipe = self.r.pipeline(transaction=True)
+        pipe = self.redis.pipeline(transaction=True)
         pipe.set(self.keys.heartbeat(self.consumer), json.dumps(info, separators=(",", ":")), px=int(ttl * 1000))
         pipe.sadd(self.keys.consumers, self.consumer)
         pipe.execute()
@@ -266,9 +266,9 @@ class ReliableQueue:
     def reap(self) -> dict[str, list[str]]:
         """Give back the items of consumers whose heartbeat expired: {consumer: job ids}."""
         moved: dict[str, list[str]] = {}
-        for raw_id in self.r.smembers(self.keys.consumers):
+        for raw_id in self.redis.smembers(self.keys.consumers):
             consumer = raw_id.decode() if isinstance(raw_id, bytes) else raw_id
-            if consumer == self.consumer or self.r.exists(self.keys.heartbeat(consumer)):
+            if consumer == self.consumer or self.redis.exists(self.keys.heartbeat(consumer)):
                 continue
             ids = self._reap_consumer(consumer, force=False, reason=f"reaped from dead consumer {consumer}")
             if ids is not None:
@@ -278,7 +278,7 @@ class ReliableQueue:
     def _reap_consumer(self, consumer: str, *, force: bool, reason: str) -> list[str] | None:
         """One script: if the consumer's heartbeat is gone (or `force`), its items go back to
         the consuming end of Q and their records say so. None when it turned out alive."""
-        items = self.r.lrange(self.keys.processing(consumer), 0, -1)
+        items = self.redis.lrange(self.keys.processing(consumer), 0, -1)
         ids = [self.job_id_of(raw) for raw in items]
         args: list[Any] = [consumer, "1" if force else "0", _now(), reason, len(items)]
         for raw, job_id in zip(items, ids, strict=True):
@@ -294,50 +294,50 @@ class ReliableQueue:
         """Items in our processing list that we do not hold: e.g. a BLMOVE whose reply was
         lost (Redis moved the item, then the socket timed out). `held`: every item we do hold
         (in flight or waiting to be recorded), duplicates included."""
-        mine = collections.Counter(self.r.lrange(self.processing, 0, -1))
+        mine = collections.Counter(self.redis.lrange(self.processing, 0, -1))
         mine.subtract(collections.Counter(held))
         return [raw for raw, n in mine.items() for _ in range(max(0, n))]
 
     def leave(self) -> None:
         """Clean exit: drop our heartbeat; keep our id in the set while we still hold items."""
-        self.r.delete(self.keys.heartbeat(self.consumer))
-        if self.r.llen(self.processing) == 0:
-            self.r.srem(self.keys.consumers, self.consumer)
+        self.redis.delete(self.keys.heartbeat(self.consumer))
+        if self.redis.llen(self.processing) == 0:
+            self.redis.srem(self.keys.consumers, self.consumer)
 
     # -- inspection --------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
-        consumers = sorted(c.decode() for c in self.r.smembers(self.keys.consumers))
+        consumers = sorted(c.decode() for c in self.redis.smembers(self.keys.consumers))
         live, in_flight = [], {}
         for c in consumers:
-            hb = self.r.get(self.keys.heartbeat(c))
+            hb = self.redis.get(self.keys.heartbeat(c))
             if hb is not None:
                 live.append({"consumer": c, **json.loads(hb)})
-            held = self.r.llen(self.keys.processing(c))
+            held = self.redis.llen(self.keys.processing(c))
             if held:
                 in_flight[c] = held
         return {
             "queue": self.keys.queue,
-            "pending": self.r.llen(self.keys.queue),
+            "pending": self.redis.llen(self.keys.queue),
             "processing": sum(in_flight.values()),
-            "retry": self.r.zcard(self.keys.retry),
-            "dead": self.r.llen(self.keys.dead),
+            "retry": self.redis.zcard(self.keys.retry),
+            "dead": self.redis.llen(self.keys.dead),
             "consumers": live,
             "in_flight": in_flight,
         }
 
     def own_holdings(self) -> tuple[int, list[str]]:
         """How many items our processing list holds, and the job ids our heartbeat names."""
-        beat = self.r.get(self.keys.heartbeat(self.consumer))
+        beat = self.redis.get(self.keys.heartbeat(self.consumer))
         jobs = json.loads(beat).get("jobs", []) if beat else []
-        return int(self.r.llen(self.processing)), jobs
+        return int(self.redis.llen(self.processing)), jobs
 
     def dead_entries(self, limit: int = 100) -> list[bytes]:
-        return self.r.lrange(self.keys.dead, 0, limit - 1)
+        return self.redis.lrange(self.keys.dead, 0, limit - 1)
 
     def dead_retry(self, ids: list[str] | None = None) -> int:
         """Move dead letters (all, or those whose job id is in `ids`) back to Q."""
         moved = 0
-        for entry in self.r.lrange(self.keys.dead, 0, -1):
+        for entry in self.redis.lrange(self.keys.dead, 0, -1):
             try:
                 parsed = json.loads(entry)
                 job_id, raw = str(parsed["id"]), parsed["raw"]
@@ -351,7 +351,7 @@ class ReliableQueue:
         return moved
 
     def dead_purge(self) -> int:
-        pipe = self.r.pipeline(transaction=True)
+        pipe = self.redis.pipeline(transaction=True)
         pipe.llen(self.keys.dead)
         pipe.delete(self.keys.dead)
         return int(pipe.execute()[0])
