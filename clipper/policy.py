@@ -19,47 +19,44 @@ from clipper.settings import RetrySettings
 
 
 @dataclass(frozen=True)
-class Ack:
-    """The job finished: record its result and remove the item."""
+class Held:
+    """An item in our processing list: its raw bytes, its job and the attempt it is on."""
 
     raw: bytes
     job_id: str
     attempts: int
+
+
+@dataclass(frozen=True)
+class Ack(Held):
+    """The job finished: record its result and remove the item."""
+
     result: dict[str, Any]
     reply_to: str | None
 
 
 @dataclass(frozen=True)
-class Retry:
+class Retry(Held):
     """Move the item to Q:retry, due in `delay` s; `uncount`: the attempt was not the message's fault."""
 
-    raw: bytes
-    job_id: str
-    attempts: int
     delay: float
     error: dict[str, str]
     uncount: bool = False
 
 
 @dataclass(frozen=True)
-class Bury:
+class Bury(Held):
     """Dead-letter the item and record the failed result."""
 
-    raw: bytes
-    job_id: str
-    attempts: int
     error: dict[str, str]
     result: dict[str, Any]
     reply_to: str | None
 
 
 @dataclass(frozen=True)
-class Requeue:
+class Requeue(Held):
     """Put the item back at the consuming end of Q; `reason` is for the log."""
 
-    raw: bytes
-    job_id: str
-    attempts: int
     reason: str
     uncount: bool = False
 
@@ -68,13 +65,10 @@ Outcome = Ack | Retry | Bury | Requeue
 
 
 @dataclass(frozen=True)
-class Failure:
+class Failure(Held):
     """What a runner reports when a job did not finish; the policy decides what follows.
     `kind` "output": the output could not take the upload (not the message's fault)."""
 
-    raw: bytes
-    job_id: str
-    attempts: int
     kind: Literal["permanent", "transient", "output"]
     message: str
     reply_to: str | None

@@ -19,15 +19,14 @@ from clipper.jobs.pipeline import JobContext, run_job
 from clipper.jobs.spec import JobSpec, parse_message
 from clipper.jobs.upload import make_uploader
 from clipper.media.command import JobControl
-from clipper.policy import Ack, Failure, Requeue
+from clipper.policy import Ack, Failure, Held, Requeue
 from clipper.settings import Settings
 
 
-@dataclass
-class InFlight:
-    raw: bytes
-    job_id: str
-    attempts: int
+@dataclass(frozen=True)
+class InFlight(Held):
+    """An item a pool thread is working on, with the control that cancels it."""
+
     control: JobControl
 
 
