@@ -6,7 +6,7 @@ import time
 import pytest
 
 from clipper.errors import Cancelled, PermanentError, TransientError
-from clipper.jobs.command import ChildLimits, JobControl, JobTimeLimit, run_command, run_ffmpeg
+from clipper.media.command import ChildLimits, JobControl, JobTimeLimit, run_command, run_ffmpeg
 
 # an endless, CPU-hungry encode of generated frames into nothing
 ENDLESS_ENCODE = ["ffmpeg", "-nostdin", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=30",

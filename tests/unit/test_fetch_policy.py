@@ -16,8 +16,8 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
+from clipper.addresses import check_address
 from clipper.errors import PermanentError, TransientError
-from clipper.jobs.addresses import check_address
 from clipper.jobs.fetch import dns_error, parse_http_url, source_filename, status_error
 from clipper.jobs.fetch_s3 import parse_s3_url, s3_error
 
@@ -364,7 +364,7 @@ def test_numeric_host_reads_numbers_as_the_resolver_does(host: str) -> None:
     """The policy judges the address getaddrinfo (and so wget, ffmpeg) would connect to."""
     import socket
 
-    from clipper.jobs.addresses import numeric_host
+    from clipper.addresses import numeric_host
 
     try:
         resolved = socket.getaddrinfo(host, 80, socket.AF_INET, flags=socket.AI_NUMERICHOST)[0][4][0]
