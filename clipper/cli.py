@@ -178,6 +178,8 @@ def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
     print(f"queue       {stats['queue']}")
     for key in ("pending", "processing", "retry", "dead"):
         print(f"{key:<11} {stats[key]}")
+    for finding in stats["foreign"]:
+        print(f"warning     {finding}")
     print(f"consumers   {len(stats['consumers'])} live")
     for c in stats["consumers"]:
         jobs = ", ".join(c.get("jobs", [])) or "-"

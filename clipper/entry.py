@@ -281,9 +281,19 @@ class Supervisor:
                     raise
                 kind = type(o).__name__.lower()
                 self.log.error("job.record_failed", job_id=o.job_id, outcome=kind, error=str(exc))
-                self.queue.bury_as_is(o.raw, o.job_id, f"cannot record the outcome ({kind}) in Redis: {exc}",
-                                      o.attempts)
+                self._bury_as_is(o, f"cannot record the outcome ({kind}) in Redis: {exc}")
             self.outcomes.popleft()
+
+    def _bury_as_is(self, o: Outcome, reason: str) -> None:
+        """The last resort. When even Q:dead cannot take the item (someone planted another type
+        there), it stays in our processing list, where nothing loses it, and the next outcomes
+        are recorded all the same."""
+        try:
+            self.queue.bury_as_is(o.raw, o.job_id, reason, o.attempts)
+        except redis.RedisError as exc:
+            if redis_trouble(exc):
+                raise
+            self.log.error("job.unrecordable", job_id=o.job_id, error=str(exc), reason=reason)
 
     def _record(self, o: Outcome) -> None:
         if isinstance(o, Ack):
@@ -316,6 +326,8 @@ class Supervisor:
                     self.log.warning("job.requeued", job_id=job_id, reason=f"reaped from dead consumer {consumer}")
             self._requeue_orphans()
             self._next["reap"] = now + self.settings.redis.heartbeat_ttl / 2
+        for finding in self.queue.foreign.untold():  # squatters the heartbeat or the reaper met
+            self.log.error("queue.foreign_key", finding=finding)
 
     def _requeue_orphans(self) -> None:
         """Items in our processing list that no worker holds (a BLMOVE whose reply was lost)

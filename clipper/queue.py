@@ -24,6 +24,7 @@ from typing import Any
 
 import redis
 
+from clipper.foreign import ForeignKeys, key_type
 from clipper.logs import scrub
 from clipper.settings import RedisSettings
 
@@ -34,7 +35,8 @@ _RETRY_NONCE_LEN = 9  # "xxxxxxxx|"
 # The atomic moves live in clipper/lua/<name>.lua, each with a header naming its KEYS and ARGV.
 # Every script that writes a job record starts with the one type check in job_record.lua.
 _LUA = importlib.resources.files("clipper") / "lua"
-_WRITES_JOB_RECORD = ("mark_claimed", "ack", "retry_later", "bury", "requeue", "promote", "reap", "dead_retry")
+_WRITES_JOB_RECORD = ("mark_claimed", "ack", "retry_later", "bury", "requeue", "promote", "reap", "dead_retry",
+                      "bury_as_is")  # and the type checks of the keys items move into (`holds`)
 
 
 def lua_source(name: str) -> str:
@@ -55,6 +57,11 @@ def redis_trouble(exc: redis.RedisError) -> bool:
     """True for errors that say Redis is away or refuses writes for now (wait and retry);
     False for errors about one command's keys or arguments (deal with that item)."""
     return isinstance(exc, REDIS_TROUBLE) or str(exc).startswith(_TROUBLE_REPLIES)
+
+
+class ForeignKeyError(redis.ResponseError):
+    """A list or sorted set an item was to move into (Q, Q:dead, Q:retry) holds another type,
+    planted by someone else: nothing was written, the item stays where it was."""
 
 
 class JobRecordError(redis.ResponseError):
@@ -126,6 +133,15 @@ def _dead_entry(raw: bytes, job_id: str, error: dict[str, str], attempts: int, n
                        "error": error, "attempts": attempts, "failed_at": round(now, 3)}, separators=(",", ":"))
 
 
+def _heartbeat_info(beat: bytes) -> dict[str, Any]:
+    """What a heartbeat says; a string someone else wrote there says nothing readable."""
+    try:
+        info = json.loads(beat)
+    except ValueError:
+        info = None
+    return info if isinstance(info, dict) else {"unreadable": True}
+
+
 def _result_event(result: dict[str, Any]) -> str:
     """A finished job's event on Q:events is its whole result (DESIGN: the result is published)."""
     return json.dumps({**result, "at": round(_now(), 3)}, separators=(",", ":"))
@@ -153,6 +169,8 @@ class ReliableQueue:
         self._promote = client.register_script(lua_source("promote"))
         self._reap = client.register_script(lua_source("reap"))
         self._dead_retry = client.register_script(lua_source("dead_retry"))
+        self._heartbeat = client.register_script(lua_source("heartbeat"))
+        self.foreign = ForeignKeys()  # squatters under Q: found on the way (see clipper/foreign.py)
 
     # -- producers -------------------------------------------------------------------------
     def push(self, raw: bytes | str) -> int:
@@ -218,6 +236,12 @@ class ReliableQueue:
         return True
 
     def _checked(self, job_id: str, outcome: Any) -> Any:
+        if outcome == -2:
+            squatters = [key for key, kind in ((self.keys.queue, "list"), (self.keys.dead, "list"),
+                                               (self.keys.retry, "zset"))
+                         if not self.foreign.check(self.redis, key, kind, "items cannot move into it")]
+            raise ForeignKeyError(f"{', '.join(squatters) or 'a key of the queue'} holds another type than clipper "
+                                  "writes there; the item was left where it was")
         if outcome == -1:
             raise JobRecordError(f"{self.keys.job(job_id)} holds a {self.redis.type(self.keys.job(job_id))!r}, not a job "
                                  "record; the item was left where it was")
@@ -226,7 +250,7 @@ class ReliableQueue:
     def bury_as_is(self, raw: bytes, job_id: str, message: str, attempts: int) -> bool:
         """Dead-letter the item without touching its job record (which could not be written)."""
         entry = _dead_entry(raw, job_id, {"kind": "permanent", "message": message}, attempts, _now())
-        return bool(self._bury_as_is(keys=[self.processing, self.keys.dead], args=[raw, entry]))
+        return bool(self._checked(job_id, self._bury_as_is(keys=[self.processing, self.keys.dead], args=[raw, entry])))
 
     def requeue(self, raw: bytes, job_id: str, *, uncount: bool = True) -> bool:
         """Put a held item back at the consuming end of Q (shutdown deadline)."""
@@ -240,6 +264,8 @@ class ReliableQueue:
     # -- maintenance -------------------------------------------------------------------------
     def promote_due(self, limit: int = 100) -> list[str]:
         """Move due retries to the consuming end of Q; returns the job ids moved."""
+        if not self.foreign.check(self.redis, self.keys.retry, "zset", "no retry can be promoted"):
+            return []
         members = self.redis.zrangebyscore(self.keys.retry, "-inf", _now(), start=0, num=limit)
         if not members:
             return []
@@ -252,10 +278,11 @@ class ReliableQueue:
         return [ids[int(i) - 1] for i in moved]
 
     def heartbeat(self, ttl: float, info: dict[str, Any]) -> None:
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.set(self.keys.heartbeat(self.consumer), json.dumps(info, separators=(",", ":")), px=int(ttl * 1000))
-        pipe.sadd(self.keys.consumers, self.consumer)
-        pipe.execute()
+        found = self._heartbeat(keys=[self.keys.heartbeat(self.consumer), self.keys.consumers],
+                                args=[self.consumer, json.dumps(info, separators=(",", ":")), int(ttl * 1000)])
+        if found:
+            self.foreign.note(self.keys.consumers, found.decode() if isinstance(found, bytes) else str(found), "set",
+                              "consumers cannot be listed, so none can be reaped")
 
     def recover_own(self) -> list[str]:
         """At start: we hold the pid lock, so whatever our consumer id still holds is a leftover
@@ -266,18 +293,35 @@ class ReliableQueue:
     def reap(self) -> dict[str, list[str]]:
         """Give back the items of consumers whose heartbeat expired: {consumer: job ids}."""
         moved: dict[str, list[str]] = {}
+        if not self.foreign.check(self.redis, self.keys.consumers, "set", "consumers cannot be listed, so none can "
+                                  "be reaped"):
+            return moved
         for raw_id in self.redis.smembers(self.keys.consumers):
             consumer = raw_id.decode() if isinstance(raw_id, bytes) else raw_id
-            if consumer == self.consumer or self.redis.exists(self.keys.heartbeat(consumer)):
+            if consumer == self.consumer or self._alive(consumer):
                 continue
             ids = self._reap_consumer(consumer, force=False, reason=f"reaped from dead consumer {consumer}")
             if ids is not None:
                 moved[consumer] = ids
         return moved
 
+    def _alive(self, consumer: str) -> bool:
+        """Only a string is a heartbeat: another type planted there is reported, and the
+        consumer counts as dead (else its items would never be reaped)."""
+        found = key_type(self.redis, self.keys.heartbeat(consumer))
+        if found not in ("string", "none"):
+            self.foreign.note(self.keys.heartbeat(consumer), found, "string (a heartbeat)",
+                              f"consumer {consumer} counts as dead")
+        return found == "string"
+
     def _reap_consumer(self, consumer: str, *, force: bool, reason: str) -> list[str] | None:
         """One script: if the consumer's heartbeat is gone (or `force`), its items go back to
-        the consuming end of Q and their records say so. None when it turned out alive."""
+        the consuming end of Q and their records say so. None when it turned out alive, or
+        when its processing list or Q holds another type (reported; nothing moved)."""
+        held = self.keys.processing(consumer)
+        if not (self.foreign.check(self.redis, held, "list", f"the items of consumer {consumer} cannot be reaped")
+                and self.foreign.check(self.redis, self.keys.queue, "list", "no item can go back to the queue")):
+            return None
         items = self.redis.lrange(self.keys.processing(consumer), 0, -1)
         ids = [self.job_id_of(raw) for raw in items]
         args: list[Any] = [consumer, "1" if force else "0", _now(), reason, len(items)]
@@ -286,7 +330,7 @@ class ReliableQueue:
         keys = [self.keys.processing(consumer), self.keys.queue, self.keys.heartbeat(consumer), self.keys.consumers,
                 self.keys.events, *map(self.keys.job, ids)]
         moved = self._reap(keys=keys, args=args)
-        if moved == -1:  # its heartbeat came back meanwhile
+        if moved in (-1, -2):  # its heartbeat came back meanwhile; a squatter came meanwhile
             return None
         return [ids[int(i) - 1] if int(i) else "(unknown)" for i in moved]
 
@@ -306,23 +350,32 @@ class ReliableQueue:
 
     # -- inspection --------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
-        consumers = sorted(c.decode() for c in self.redis.smembers(self.keys.consumers))
+        """Depths, live consumers and what they hold. A squatter under Q: (another type than
+        clipper writes there) counts as empty and is listed under `foreign`, instead of
+        failing the whole report with a WRONGTYPE error."""
+        found = ForeignKeys()
+
+        def read(key: str, expected: str, command: Callable[[str], Any], empty: Any) -> Any:
+            return command(key) if found.check(self.redis, key, expected, "counted as empty") else empty
+
+        consumers = sorted(c.decode() for c in read(self.keys.consumers, "set", self.redis.smembers, set()))
         live, in_flight = [], {}
         for c in consumers:
-            hb = self.redis.get(self.keys.heartbeat(c))
-            if hb is not None:
-                live.append({"consumer": c, **json.loads(hb)})
-            held = self.redis.llen(self.keys.processing(c))
+            beat = read(self.keys.heartbeat(c), "string", self.redis.get, None)
+            if beat is not None:
+                live.append({"consumer": c, **_heartbeat_info(beat)})
+            held = read(self.keys.processing(c), "list", self.redis.llen, 0)
             if held:
                 in_flight[c] = held
         return {
             "queue": self.keys.queue,
-            "pending": self.redis.llen(self.keys.queue),
+            "pending": read(self.keys.queue, "list", self.redis.llen, 0),
             "processing": sum(in_flight.values()),
-            "retry": self.redis.zcard(self.keys.retry),
-            "dead": self.redis.llen(self.keys.dead),
+            "retry": read(self.keys.retry, "zset", self.redis.zcard, 0),
+            "dead": read(self.keys.dead, "list", self.redis.llen, 0),
             "consumers": live,
             "in_flight": in_flight,
+            "foreign": found.all(),
         }
 
     def own_holdings(self) -> tuple[int, list[str]]:
@@ -345,7 +398,7 @@ class ReliableQueue:
                 continue
             if ids and job_id not in ids:
                 continue
-            # -1: the job key holds another type; the letter stays dead rather than lose its record
+            # -1/-2: the job key or Q holds another type; the letter stays dead rather than lose anything
             moved += max(0, int(self._dead_retry(keys=[self.keys.dead, self.keys.queue, self.keys.job(job_id)],
                                                  args=[entry, raw, _now()])))
         return moved

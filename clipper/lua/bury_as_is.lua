@@ -2,7 +2,8 @@
 -- under Q:job:<id>): the item still ends up dead. Writes no job key.
 -- KEYS[1] processing   KEYS[2] dead
 -- ARGV[1] raw   ARGV[2] dead entry (JSON)
--- Returns 1 moved, 0 not held.
+-- Returns 1 moved, 0 not held, -2 when Q:dead holds another type.
+if not holds(KEYS[2], 'list') then return -2 end
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
 redis.call('LPUSH', KEYS[2], ARGV[2])
 return 1

@@ -7,3 +7,9 @@ local function job_record_ok(key)
   local t = redis.call('TYPE', key)['ok']
   return t == 'hash' or t == 'none'
 end
+-- The same question for the list or sorted set an item moves into (Q, Q:dead, Q:retry): a key
+-- someone planted there leaves the item where it was (the script returns -2, writes nothing).
+local function holds(key, kind)
+  local t = redis.call('TYPE', key)['ok']
+  return t == kind or t == 'none'
+end

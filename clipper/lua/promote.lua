@@ -4,6 +4,7 @@
 -- Returns the indexes i moved. Python read the due members (to name their jobs); one another
 -- daemon promoted meanwhile is skipped. A record of another type is left alone (the item
 -- still moves: it will be dead-lettered as it is when its outcome cannot be recorded).
+if not holds(KEYS[2], 'list') then return {} end  -- Q squatted: the retries wait (Python reports it)
 local n = tonumber(ARGV[2])
 local moved = {}
 for i = 1, n do

@@ -4,8 +4,14 @@
 -- KEYS[5 + i] job_i for i = 1..n
 -- ARGV[1] consumer   ARGV[2] force ('1')   ARGV[3] now   ARGV[4] reason   ARGV[5] n
 -- then for each i: ARGV[4 + 2i] raw_i, ARGV[5 + 2i] event_i (the list as Python read it)
--- Returns -1 when the heartbeat is alive, else the indexes i moved (0: an item Python had not read).
-if ARGV[2] ~= '1' and redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
+-- Returns -1 when the heartbeat is alive, -2 when the processing list or Q holds another type
+-- (nothing moved: Python reports it), else the indexes i moved (0: an item Python had not read).
+-- Only a string is a heartbeat: another type planted there does not keep a dead consumer alive.
+if ARGV[2] ~= '1' and redis.call('TYPE', KEYS[3])['ok'] == 'string' then return -1 end
+for _, key in ipairs({KEYS[1], KEYS[2]}) do
+  local t = redis.call('TYPE', key)['ok']
+  if t ~= 'list' and t ~= 'none' then return -2 end
+end
 local n = tonumber(ARGV[5])
 local moved = {}
 for i = 1, n do

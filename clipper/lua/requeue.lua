@@ -3,8 +3,9 @@
 -- ARGV[1] raw   ARGV[2] now   ARGV[3] event
 -- ARGV[4] uncount: '1' when the attempt was cut short by our own shutdown (not the message's
 --         fault), so it is not counted
--- Returns 1 moved, 0 not held, -1 when the job key holds another type.
+-- Returns 1 moved, 0 not held, -1 when the job key holds another type, -2 when KEYS[2] does.
 if not job_record_ok(KEYS[3]) then return -1 end
+if not holds(KEYS[2], 'list') then return -2 end
 local removed = redis.call('LREM', KEYS[1], 1, ARGV[1])
 if removed == 0 then return 0 end
 redis.call('RPUSH', KEYS[2], ARGV[1])

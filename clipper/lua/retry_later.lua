@@ -3,8 +3,9 @@
 -- ARGV[1] raw   ARGV[2] member (nonce|raw)   ARGV[3] due   ARGV[4] now   ARGV[5] event   ARGV[6] error
 -- ARGV[7] uncount: '1' when the failure was not the message's (the output was down), so no
 --         attempt is used up
--- Returns 1 moved, 0 not held, -1 when the job key holds another type.
+-- Returns 1 moved, 0 not held, -1 when the job key holds another type, -2 when KEYS[2] does.
 if not job_record_ok(KEYS[3]) then return -1 end
+if not holds(KEYS[2], 'zset') then return -2 end
 local removed = redis.call('LREM', KEYS[1], 1, ARGV[1])
 if removed == 0 then return 0 end
 redis.call('ZADD', KEYS[2], tonumber(ARGV[3]), ARGV[2])

@@ -282,3 +282,26 @@ def test_the_job_budget_stops_slow_thumbnails_for_good(clipper: ClipperHarness, 
     assert (job["status"], job["attempts"], error["kind"]) == ("failed", "1", "permanent"), job
     assert "media.job_timeout = 2 s" in error["message"], error
     assert not clipper.output_path("clips/slow").exists()
+
+
+# -- keys planted under the queue ----------------------------------------------------------------
+
+def test_keys_of_another_type_under_the_queue_block_nothing(clipper: ClipperHarness, http) -> None:
+    """A list planted as a crashed consumer's heartbeat, a hash as another's processing list:
+    the crashed consumer's item is still reaped and done, the daemon says what it found, and
+    `clipper stats` still reports."""
+    held = json.dumps({"id": "held", "source": http.url("/media/short.mp4"), "clips": clip()}).encode()
+    clipper.r.sadd(clipper.key("consumers"), "ghost", "squatted")
+    clipper.r.rpush(clipper.key("consumer:ghost"), "planted")
+    clipper.r.lpush(clipper.key("processing:ghost"), held)
+    clipper.r.hset(clipper.key("processing:squatted"), "planted", "1")
+    clipper.start()
+    assert clipper.wait_job("held")["status"] == "done"
+
+    findings = [e.get("finding", "") for e in clipper.log_events() if e.get("event") == "queue.foreign_key"]
+    assert any(f.startswith(f"{clipper.key('consumer:ghost')} holds a list") for f in findings), findings
+    assert any(f.startswith(f"{clipper.key('processing:squatted')} holds a hash") for f in findings), findings
+    r = clipper.cli("stats", clipper.env_name, "--json")
+    assert r.returncode == 0, r
+    assert any("processing:squatted holds a hash" in f for f in json.loads(r.stdout)["foreign"]), r.stdout
+    assert clipper.status().returncode == 0

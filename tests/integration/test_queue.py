@@ -233,7 +233,56 @@ def test_every_script_that_writes_a_job_record_starts_with_the_one_type_check() 
     from clipper.queue import lua_source
 
     prelude = lua_source("job_record")
-    assert "job_record_ok" not in lua_source("bury_as_is")  # writes no job record
+    as_is = lua_source("bury_as_is")  # writes no job record, but moves an item into Q:dead
+    assert as_is.startswith(prelude) and "job_record_ok(KEYS[" not in as_is[len(prelude):] and "holds(KEYS[2]" in as_is
     for name in ("mark_claimed", "ack", "retry_later", "bury", "requeue", "promote", "reap", "dead_retry"):
         source = lua_source(name)
         assert source.startswith(prelude) and "job_record_ok(KEYS[" in source[len(prelude):], name
+
+
+# -- keys of another type planted under Q: by someone else -----------------------------------------
+
+def test_a_squatted_destination_leaves_the_item_where_it_was(q, redis) -> None:
+    from clipper.queue import ForeignKeyError
+
+    q.push(b"m")
+    q.claim(0.1)
+    redis.delete(Q)
+    for key, move in ((f"{Q}:dead", lambda: q.bury(b"m", "j", {"kind": "permanent", "message": "x"}, 1, {"id": "j"})),
+                      (f"{Q}:dead", lambda: q.bury_as_is(b"m", "j", "x", 1)),
+                      (f"{Q}:retry", lambda: q.retry_later(b"m", "j", 1, "x")),
+                      (Q, lambda: q.requeue(b"m", "j"))):
+        redis.set(key, "planted")
+        with pytest.raises(ForeignKeyError, match=f"{key} holds another type"):
+            move()
+        assert redis.lrange(f"{Q}:processing:c1", 0, -1) == [b"m"]  # nothing lost, nothing half done
+        redis.delete(key)
+    assert q.foreign.untold() == [f"{Q}:dead holds a string, not a list: items cannot move into it",
+                                  f"{Q}:retry holds a string, not a zset: items cannot move into it",
+                                  f"{Q} holds a string, not a list: items cannot move into it"]
+    assert q.foreign.untold() == []  # each is told once
+
+
+def test_heartbeat_reaper_and_stats_get_past_squatters(q, redis) -> None:
+    redis.set(f"{Q}:consumers", "planted")
+    q.heartbeat(10, {"pid": 1})
+    assert redis.type(f"{Q}:consumer:c1") == b"string"  # the heartbeat itself still beats
+    assert q.reap() == {}
+    assert q.foreign.untold() == [f"{Q}:consumers holds a string, not a set: consumers cannot be listed, so none "
+                                  "can be reaped"]
+    redis.delete(f"{Q}:consumers")
+    redis.sadd(f"{Q}:consumers", "ghost", "squatted")
+    redis.rpush(f"{Q}:consumer:ghost", "planted")  # a list where ghost's heartbeat would be
+    redis.rpush(f"{Q}:processing:ghost", b"held")
+    redis.hset(f"{Q}:processing:squatted", "x", "y")  # a hash where a processing list would be
+    assert q.reap() == {"ghost": [job_id_for_raw(b"held")]}
+    assert places(redis, b"held") == ["Q"]
+    redis.set(f"{Q}:retry", "planted")
+    assert sorted(q.foreign.untold()) == [
+        f"{Q}:consumer:ghost holds a list, not a string (a heartbeat): consumer ghost counts as dead",
+        f"{Q}:processing:squatted holds a hash, not a list: the items of consumer squatted cannot be reaped"]
+    assert q.promote_due() == []
+    stats = q.stats()
+    assert (stats["pending"], stats["retry"], stats["in_flight"]) == (1, 0, {})
+    assert sorted(stats["foreign"]) == [f"{Q}:processing:squatted holds a hash, not a list: counted as empty",
+                                        f"{Q}:retry holds a string, not a zset: counted as empty"]
