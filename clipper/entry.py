@@ -285,9 +285,8 @@ class Supervisor:
             self.outcomes.popleft()
 
     def _bury_as_is(self, o: Outcome, reason: str) -> None:
-        """The last resort. When even Q:dead cannot take the item (someone planted another type
-        there), it stays in our processing list, where nothing loses it, and the next outcomes
-        are recorded all the same."""
+        """The last resort; when even Q:dead cannot take the item (a squatter there), it stays in
+        our processing list, where nothing loses it, and the next outcomes are recorded."""
         try:
             self.queue.bury_as_is(o.raw, o.job_id, reason, o.attempts)
         except redis.RedisError as exc:

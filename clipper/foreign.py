@@ -9,12 +9,24 @@ ours to decide) and notes what it found here, once per key and type, for the log
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import redis
 
 
 def key_type(client: redis.Redis, key: str) -> str:
     found = client.type(key)
     return found.decode() if isinstance(found, bytes) else str(found)
+
+
+def heartbeat_info(beat: bytes) -> dict[str, Any]:
+    """What a heartbeat says; a string someone else wrote there says nothing readable."""
+    try:
+        info = json.loads(beat)
+    except ValueError:
+        info = None
+    return info if isinstance(info, dict) else {"unreadable": True}
 
 
 class ForeignKeys:
@@ -31,6 +43,10 @@ class ForeignKeys:
             return True
         self.note(key, found, expected, consequence)
         return False
+
+    def squatters(self, client: redis.Redis, expected: dict[str, str], consequence: str) -> list[str]:
+        """The keys among `expected` (key -> type) that hold another type, each noted."""
+        return [key for key, kind in expected.items() if not self.check(client, key, kind, consequence)]
 
     def note(self, key: str, found: str, expected: str, consequence: str) -> None:
         self._found.setdefault((key, found), f"{key} holds a {found}, not a {expected}: {consequence}")

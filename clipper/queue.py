@@ -24,7 +24,7 @@ from typing import Any
 
 import redis
 
-from clipper.foreign import ForeignKeys, key_type
+from clipper.foreign import ForeignKeys, heartbeat_info, key_type
 from clipper.logs import scrub
 from clipper.settings import RedisSettings
 
@@ -133,15 +133,6 @@ def _dead_entry(raw: bytes, job_id: str, error: dict[str, str], attempts: int, n
                        "error": error, "attempts": attempts, "failed_at": round(now, 3)}, separators=(",", ":"))
 
 
-def _heartbeat_info(beat: bytes) -> dict[str, Any]:
-    """What a heartbeat says; a string someone else wrote there says nothing readable."""
-    try:
-        info = json.loads(beat)
-    except ValueError:
-        info = None
-    return info if isinstance(info, dict) else {"unreadable": True}
-
-
 def _result_event(result: dict[str, Any]) -> str:
     """A finished job's event on Q:events is its whole result (DESIGN: the result is published)."""
     return json.dumps({**result, "at": round(_now(), 3)}, separators=(",", ":"))
@@ -237,9 +228,8 @@ class ReliableQueue:
 
     def _checked(self, job_id: str, outcome: Any) -> Any:
         if outcome == -2:
-            squatters = [key for key, kind in ((self.keys.queue, "list"), (self.keys.dead, "list"),
-                                               (self.keys.retry, "zset"))
-                         if not self.foreign.check(self.redis, key, kind, "items cannot move into it")]
+            squatters = self.foreign.squatters(self.redis, {self.keys.queue: "list", self.keys.dead: "list",
+                                                            self.keys.retry: "zset"}, "items cannot move into it")
             raise ForeignKeyError(f"{', '.join(squatters) or 'a key of the queue'} holds another type than clipper "
                                   "writes there; the item was left where it was")
         if outcome == -1:
@@ -363,7 +353,7 @@ class ReliableQueue:
         for c in consumers:
             beat = read(self.keys.heartbeat(c), "string", self.redis.get, None)
             if beat is not None:
-                live.append({"consumer": c, **_heartbeat_info(beat)})
+                live.append({"consumer": c, **heartbeat_info(beat)})
             held = read(self.keys.processing(c), "list", self.redis.llen, 0)
             if held:
                 in_flight[c] = held
