@@ -77,6 +77,7 @@ class ChildLimits:
 class JobTimeLimit(PermanentError):
     """The job used up `media.job_timeout`: the same input would use it up again."""
 
+
 # Demuxers we accept for source media. Anything else (HLS, DASH, concat, image2 with
 # patterns, ...) could make ffmpeg open other files or URLs named inside the media.
 SOURCE_FORMAT_WHITELIST = "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi,flv,mpegts,mp3,ogg,wav,aac,mpeg"
