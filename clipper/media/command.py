@@ -183,7 +183,9 @@ def run_command(
     too, and a Ctrl-C on the terminal does not reach it before the daemon decides).
 
     stderr goes to an unlinked temporary file rather than a pipe, so a chatty process can never
-    block on a full pipe and memory stays bounded; stdout is read only when asked for.
+    block on a full pipe and memory stays bounded; stdout is read only when asked for. With a
+    `control`, the job's `ChildLimits` apply and the timeout is cut to its remaining budget; a
+    child stopped by either is a PermanentError naming the setting.
     """
     if control is not None:
         control.check()
@@ -235,6 +237,8 @@ def _communicate(proc: subprocess.Popen, timeout: float, what: str, by_budget: b
     except subprocess.TimeoutExpired:
         _kill_group(proc)
         proc.communicate()
+        if control is not None and control.is_cancelled():
+            control.check()  # a shutdown that came at the same moment: not the job's fault
         if by_budget and control is not None:
             raise JobTimeLimit(f"{what} stopped: the job used up its time budget media.job_timeout = "
                                f"{control.budget:g} s") from None
