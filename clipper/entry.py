@@ -31,6 +31,7 @@ from clipper.jobs.spec import JobSpec, job_id_for_raw, parse_message, reply_to_f
 from clipper.jobs.upload import make_uploader
 from clipper.queue import ReliableQueue, backoff_delay, connect_redis, default_consumer_id, redis_trouble
 from clipper.settings import Settings
+from clipper.sources.session import SourceCache
 
 REPLY_SKIPPED = "reply_to is not a list, or not reachable in one call (cluster slot, ACL)"
 CANCEL_GRACE = 10.0  # after the deadline kill, how long stuck workers may take to return
@@ -83,6 +84,7 @@ class Worker:
         self.queue = queue
         self.scratch = scratch
         self.uploader = make_uploader(settings.output)
+        self.sources = SourceCache(settings)
 
     def __call__(self, item: InFlight) -> Outcome:
         log = logs.get_logger(env=self.settings.env, job_id=item.job_id, attempt=item.attempts)
@@ -91,7 +93,8 @@ class Worker:
         try:
             spec = parse_message(item.raw, self.settings.media)
             ctx = JobContext(settings=self.settings, uploader=self.uploader, control=item.control,
-                             scratch=self.scratch, progress=lambda stage: self._progress(item.job_id, stage), log=log)
+                             scratch=self.scratch, progress=lambda stage: self._progress(item.job_id, stage), log=log,
+                             sources=self.sources)
             result = run_job(spec, ctx, item.attempts)
             log.info("job.done", seconds=round(time.monotonic() - started, 3), outputs=len(result["outputs"]),
                      timings=result["timings"])
