@@ -21,6 +21,8 @@ from clipper.daemon import AlreadyRunning, PidLock, Readiness, lock_holder, star
 from clipper.errors import PermanentError, SettingsError
 from clipper.queue import ReliableQueue, connect_redis, default_consumer_id
 from clipper.settings import Settings, load_settings
+from clipper.sources.session import SourceCache
+from clipper.sources.store import COUNTERS
 
 
 def _fail(message: str, code: int = 1) -> int:
@@ -213,6 +215,7 @@ def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
         stats = _queue(settings).stats()
     except redis.RedisError as exc:
         return _fail(_unreachable(settings, exc))
+    stats["cache"] = SourceCache(settings).summary()
     if args.json:
         print(json.dumps(stats))
         return 0
@@ -223,6 +226,10 @@ def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
     for c in stats["consumers"]:
         jobs = ", ".join(c.get("jobs", [])) or "-"
         print(f"  {c['consumer']}  pid {c.get('pid')}  {c.get('in_flight', 0)}/{c.get('workers')} busy  jobs: {jobs}")
+    cache = stats["cache"]
+    print(f"cache       {cache['dir']}: {cache['entries']} sources, {cache['bytes']} of {cache['budget']} bytes; "
+          f"{cache['output_entries']} outputs, {cache['output_bytes']} of {cache['output_budget']} bytes")
+    print("            " + ", ".join(f"{k.replace('_', ' ')} {cache[k]}" for k in COUNTERS))
     return 0
 
 
