@@ -21,7 +21,7 @@ import re
 import socket
 import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from clipper.errors import ClipperError, PermanentError, TransientError
@@ -81,13 +81,12 @@ class Opened:
     status: int
     version: Version
     chunks: Iterator[bytes]
-    exchange: _Exchange | None = None
+    drop: Callable[[], None] | None = None
 
     def discard(self) -> None:
-        """Drop a body we do not want (the connection is closed, not reused)."""
-        if self.exchange is not None:
-            self.exchange.conn.close()
-            self.exchange.close()
+        """Drop a body we do not want (its connection is closed, not reused)."""
+        if self.drop is not None:
+            self.drop()
 
 
 def parse_content_range(value: str | None) -> tuple[int, int, int | None] | None:
@@ -134,6 +133,10 @@ class _Exchange:
                 raise TransientError(f"source {self.origin.where}: connection closed early (truncated body)")
         finally:
             self.close()
+
+    def drop(self) -> None:
+        self.conn.close()
+        self.close()
 
     def close(self) -> None:
         self.watchdog.watch(None)
@@ -188,8 +191,7 @@ class HttpOrigin:
             if response.status not in REDIRECT_STATUSES:
                 return exchange
             location = response.getheader("Location")
-            exchange.conn.close()
-            exchange.close()
+            exchange.drop()
             self.hop = next_hop(self.hop, location, redact_url(self.hop.url), redirects, self.settings.max_redirects)
         raise AssertionError("unreachable: next_hop raises past fetch.max_redirects")
 
@@ -240,12 +242,11 @@ class HttpOrigin:
                 parsed = parse_content_range(response.getheader("Content-Range"))
                 if parsed is None or parsed[0] != 0:
                     raise PermanentError(f"source {self.where}: invalid Content-Range in a 206 answer")
-                return Opened(206, _version_of(response, parsed[2]), exchange.chunks(), exchange)
+                return Opened(206, _version_of(response, parsed[2]), exchange.chunks(), exchange.drop)
             size = None if response.chunked else response.length
-            return Opened(200, _version_of(response, size), exchange.chunks(), exchange)
+            return Opened(200, _version_of(response, size), exchange.chunks(), exchange.drop)
         except BaseException:
-            exchange.conn.close()
-            exchange.close()
+            exchange.drop()
             raise
 
     def read(self, start: int, end: int, version: Version) -> bytes:
@@ -265,8 +266,7 @@ class HttpOrigin:
             if parsed[:2] != (start, end):
                 raise TransientError(f"source {self.where}: asked for bytes {start}-{end}, got {parsed[0]}-{parsed[1]}")
         except BaseException:
-            exchange.conn.close()
-            exchange.close()
+            exchange.drop()
             raise
         data = b"".join(exchange.chunks())
         if len(data) != end - start + 1:

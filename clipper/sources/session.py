@@ -4,7 +4,7 @@
 per daemon. `open_source` gives a job a `SourceSession`:
 
 - `file://` under `fetch.allow_file_roots`: read in place, as before (nothing cached).
-- http(s): the version is fixed by the opening request (origin.py), the entry of that version
+- http(s) and s3: the version is fixed by the opening request (origin.py), the entry of that version
   is leased (store.py), and a loopback endpoint (endpoint.py) serves it to ffmpeg, fetching
   missing blocks with closed ranges (blocks.py). Opening a URL is done by one job at a time
   (`urls/<digest>.lock`), so jobs that start together on one source ask the origin once; the
@@ -35,9 +35,11 @@ from clipper.sources.blocks import BlockSource
 from clipper.sources.endpoint import LocalEndpoint
 from clipper.sources.failures import FailureCache
 from clipper.sources.origin import HttpOrigin, Opened, SourceRefused, Version
+from clipper.sources.origin_s3 import S3Origin
 from clipper.sources.store import Area, Counters, Lease, file_lock, read_json, wait_check, write_atomic
 
 PROBE_WHAT = "probe of the source"
+Origin = HttpOrigin | S3Origin
 
 
 class SourceCache:
@@ -75,7 +77,7 @@ class SourceSession:
     """One job's source (module doc); `close` ends the endpoint, the lease and the connections."""
 
     def __init__(self, cache: SourceCache, url: str, input_: Path | str, *, blocks: BlockSource | None = None,
-                 lease: Lease | None = None, origin: HttpOrigin | None = None, version_key: str | None = None,
+                 lease: Lease | None = None, origin: Origin | None = None, version_key: str | None = None,
                  local_bytes: int = 0, private: bool = False):
         self.cache, self.url, self.input = cache, url, input_
         self.blocks, self.lease, self.origin = blocks, lease, origin
@@ -134,12 +136,15 @@ def open_source(url: str, cache: SourceCache, workdir: Path, cancelled: threadin
     check_source_policy(url, settings.fetch)
     scheme = urlsplit(url).scheme.lower()
     cache.failures.check(url)
-    if scheme in ("file", "s3"):
+    if scheme == "file":
         fetched = fetch_source(url, workdir, settings.fetch, cancelled=cancelled)
         return SourceSession(cache, url, fetched.path, local_bytes=fetched.bytes)
-    origin = HttpOrigin(url, settings.fetch, cancelled)
+    origin: Origin = S3Origin(url, settings.fetch, cancelled) if scheme == "s3" else HttpOrigin(url, settings.fetch,
+                                                                                              cancelled)
+    # the same s3:// URL names another object on another endpoint
+    identity = url_identity(url + (f"@{settings.fetch.s3_endpoint_url}" if scheme == "s3" else ""))
     try:
-        session = _open_http(url, cache, origin, cancelled)
+        session = _open_remote(url, identity, cache, origin, cancelled)
     except SourceRefused as exc:
         origin.close()
         cache.failures.remember(url, str(exc))
@@ -158,10 +163,10 @@ def open_source(url: str, cache: SourceCache, workdir: Path, cancelled: threadin
     return session
 
 
-def _open_http(url: str, cache: SourceCache, origin: HttpOrigin, cancelled: threading.Event) -> SourceSession:
+def _open_remote(url: str, identity: str, cache: SourceCache, origin: Origin,
+                 cancelled: threading.Event) -> SourceSession:
     settings = cache.settings
     where = redact_url(url)
-    identity = url_identity(url)
     block_size = settings.cache.block_size
     check = wait_check(cancelled, f"source {where}")
     with file_lock(cache.urls / f"{identity}.lock", check=check):
@@ -179,7 +184,7 @@ def _open_http(url: str, cache: SourceCache, origin: HttpOrigin, cancelled: thre
             raise
 
 
-def _lease_version(url: str, cache: SourceCache, origin: HttpOrigin, opened: Opened, identity: str,
+def _lease_version(url: str, cache: SourceCache, origin: Origin, opened: Opened, identity: str,
                    cancelled: threading.Event) -> SourceSession:
     settings = cache.settings
     version = opened.version

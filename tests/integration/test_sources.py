@@ -225,3 +225,18 @@ def test_permanent_source_failure_is_remembered(clipper: ClipperHarness, http) -
     assert "404" in reasons[0] and "(cached)" not in reasons[0]
     assert reasons[1] == reasons[2] == reasons[0] + " (cached)", reasons
     assert cache_stats(clipper)["failure_hits"] == 2
+
+
+def test_s3_source_is_read_in_ranges(clipper: ClipperHarness, s3_server, s3, media_dir, long_media) -> None:
+    name = long_media["end"]
+    s3.upload_file(str(media_dir / name), s3_server.bucket, f"in/{name}")
+    clipper.configure(**{"workers.count": 1, "fetch.s3_endpoint_url": s3_server.endpoint_url,
+                         "fetch.s3_region": "us-east-1"})
+    clipper.start()
+    for job_id in ("s3a", "s3b"):
+        clipper.push({"id": job_id, "source": f"s3://{s3_server.bucket}/in/{name}",
+                      "clips": [{"name": "c", "start": 60, "end": 70, "mode": "copy"}]})
+        assert clipper.wait_job(job_id)["status"] == "done", clipper.diagnostics()
+    first, second = (clipper.result(j) for j in ("s3a", "s3b"))
+    assert 0 < first["source"]["bytes_from_origin"] <= 1.5 * needed_bytes(media_dir / name, 60, 70), first["source"]
+    assert second["source"]["bytes_from_origin"] == 0 and second["outputs"][0]["reused"] is True, second
