@@ -10,11 +10,17 @@ import shutil
 import subprocess
 import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 from services import ffprobe
+
+from clipper.settings import CacheSettings, FetchSettings, Settings
+from clipper.sources.session import SourceCache, open_source
 
 if TYPE_CHECKING:
     from conftest import ClipperHarness
@@ -240,3 +246,22 @@ def test_s3_source_is_read_in_ranges(clipper: ClipperHarness, s3_server, s3, med
     first, second = (clipper.result(j) for j in ("s3a", "s3b"))
     assert 0 < first["source"]["bytes_from_origin"] <= 1.5 * needed_bytes(media_dir / name, 60, 70), first["source"]
     assert second["source"]["bytes_from_origin"] == 0 and second["outputs"][0]["reused"] is True, second
+
+
+def test_endpoint_serves_only_the_jobs_own_source_on_loopback(http, media_dir, tmp_path) -> None:
+    settings = Settings(fetch=FetchSettings(allow_private=True), cache=CacheSettings(dir=tmp_path / "cache"))
+    session = open_source(http.url("/media/sample.mp4"), SourceCache(settings), tmp_path, threading.Event())
+    try:
+        url = str(session.input)
+        parts = urllib.parse.urlsplit(url)
+        assert parts.hostname == "127.0.0.1" and len(parts.path.split("/")[1]) >= 32  # an unguessable token
+        with urllib.request.urlopen(urllib.request.Request(url, headers={"Range": "bytes=100-199"})) as reply:
+            assert reply.status == 206 and reply.read() == (media_dir / "sample.mp4").read_bytes()[100:200]
+        for other in ("/", "/sample.mp4", parts.path + "x", "/" + "A" * 32 + "/sample.mp4", "/../etc/passwd"):
+            with pytest.raises(urllib.error.HTTPError) as err:
+                urllib.request.urlopen(f"http://127.0.0.1:{parts.port}{other}")
+            assert err.value.code == 404
+    finally:
+        session.close()
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(url, timeout=5)  # gone with the job
