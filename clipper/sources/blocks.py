@@ -12,14 +12,16 @@ while it waited: a coalesced wait), and only then asks the origin for that close
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from clipper.errors import ClipperError, PermanentError, TransientError
 from clipper.sources.origin import Version
-from clipper.sources.store import Area, Lease, file_lock, wait_check, write_atomic
+from clipper.sources.store import Area, Lease, file_lock, try_file_lock, wait_check, write_atomic
 
 
 class RangeOrigin(Protocol):
@@ -77,32 +79,43 @@ class BlockSource:
             return None
         return data if len(data) == end - start + 1 else None
 
-    def block(self, index: int) -> bytes:
+    def block(self, index: int, ahead: int = 0) -> bytes:
+        """Block `index`; when it must be fetched, up to `ahead` following blocks that are
+        neither cached nor being fetched by another job come in the same request."""
         try:
-            return self._block(index)
+            return self._block(index, ahead)
         except ClipperError as exc:
             if self.error is None:
                 self.error = exc
             raise
 
-    def _block(self, index: int) -> bytes:
+    def _block(self, index: int, ahead: int) -> bytes:
         data = self._cached(index)
         if data is not None:
             self.stats.add(hits=1, cache_bytes=len(data))
             return data
         waited: list[bool] = []
-        with file_lock(self.dir / f"{index}.lock", check=self._check, waited=waited):
+        with ExitStack() as locks:
+            locks.enter_context(file_lock(self.dir / f"{index}.lock", check=self._check, waited=waited))
             data = self._cached(index)
             if data is not None:
                 self.stats.add(hits=1, cache_bytes=len(data), coalesced_waits=1 if waited else 0)
                 return data
             if self.origin is None:
                 raise TransientError(f"source {self.where}: cached copy lost block {index}; the retry fetches it again")
-            start, end = self.span(index)
-            data = self.origin.read(start, end, self.version)
-            self.store(index, data)
-            self.stats.add(misses=1, origin_bytes=len(data))
-            return data
+            last = index
+            while last - index < ahead and last + 1 < self.blocks() and self._cached(last + 1) is None:
+                lock = try_file_lock(self.dir / f"{last + 1}.lock")
+                if lock is None:
+                    break  # another job fetches it
+                locks.callback(os.close, lock)
+                last += 1
+            run = self.origin.read(self.span(index)[0], self.span(last)[1], self.version)
+            for i in range(index, last + 1):
+                start, end = self.span(i)
+                self.store(i, run[start - self.span(index)[0]:end - self.span(index)[0] + 1])
+            self.stats.add(misses=last - index + 1, origin_bytes=len(run))
+            return run[:self.span(index)[1] - self.span(index)[0] + 1]
 
     def store(self, index: int, data: bytes) -> None:
         write_atomic(self.dir / str(index), data)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import secrets
 import threading
 from pathlib import Path
@@ -56,6 +57,7 @@ class SourceCache:
         self.urls = self.root / "urls"
         for d in (self.root, self.urls, self.sources.root, self.outputs.root):
             d.mkdir(parents=True, exist_ok=True)
+        self.sources.companions = [self.urls, self.failures.root]
 
     def summary(self) -> dict[str, Any]:
         """What `clipper stats` shows of the cache."""
@@ -169,7 +171,8 @@ def _open_remote(url: str, identity: str, cache: SourceCache, origin: Origin,
     where = redact_url(url)
     block_size = settings.cache.block_size
     check = wait_check(cancelled, f"source {where}")
-    with file_lock(cache.urls / f"{identity}.lock", check=check):
+    with file_lock(cache.urls / f"{identity}.lock", check=check) as fd:
+        os.utime(fd)  # in use: not swept as stale (store.py)
         known_data = read_json(cache.urls / f"{identity}.json")
         known = Version(**known_data) if known_data else None
         opened = origin.open(block_size, known)

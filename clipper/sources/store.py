@@ -5,7 +5,7 @@ crash-safe and shareable:
 
 - Every file is written under a temporary name and renamed into place (`write_atomic`), so a
   file under its final name is always complete; kill -9 leaves at most a `*.tmp.*` file, which
-  no reader looks at and the next scan of the entry removes.
+  no reader looks at; it counts against the budget and goes with its entry.
 - A job using an entry holds a shared `flock` on the entry's `.lock` for as long as it reads
   it (`Lease`); eviction takes that lock exclusively without waiting, so an entry in use is
   never evicted. Evicting renames the entry away first (one atomic step), then deletes it.
@@ -16,6 +16,8 @@ crash-safe and shareable:
   recently used entries not in use are evicted down to 3/4 (and entries unused for longer than
   `cache.ttl` go too). Each daemon scans again after every 1/16 of the budget it writes, so the
   area stays under its budget while jobs run, except for entries that running jobs hold.
+- Small companion directories (the URL index, the failure cache) are swept of files unused for
+  `cache.ttl` during the same scans, and so is what an eviction cut short by a crash left.
 - Counters (hits, misses, evictions, ...) live in `stats.json` at the cache root, updated
   under its lock, so `clipper stats` sees the sum over every daemon sharing the directory.
 """
@@ -84,6 +86,17 @@ def file_lock(path: Path, *, exclusive: bool = True, check: Callable[[], None] |
         os.close(fd)  # closing the last descriptor releases the lock
 
 
+def try_file_lock(path: Path) -> int | None:
+    """An exclusive flock on `path` without waiting: its descriptor (close it to release), or None."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
 class Counters:
     """Cache counters persisted at the cache root (module doc)."""
 
@@ -127,6 +140,7 @@ class Area:
         self.budget = budget
         self.ttl = ttl
         self.counters = counters
+        self.companions: list[Path] = []  # flat directories swept of stale files (module doc)
         self._written = 0
         self._lock = threading.Lock()
 
@@ -194,9 +208,14 @@ class Area:
             return
 
     def _evict(self) -> None:
+        now = time.time()
+        for stale in [*_listdir(self.root / ".trash"), *(f for d in self.companions for f in _listdir(d))]:
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            elif now - _mtime(stale) > self.ttl:
+                stale.unlink(missing_ok=True)
         entries = sorted(self.entries(), key=lambda e: e[2])
         total = sum(size for _, size, _ in entries)
-        now = time.time()
         target = self.budget * 3 // 4 if total > self.budget * 7 // 8 else None
         evicted = 0
         for directory, size, used in entries:  # least recently used first, so the expired come first
