@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from services import ffprobe
 
+from clipper.errors import Cancelled
 from clipper.settings import CacheSettings, FetchSettings, Settings
+from clipper.sources.origin import HttpOrigin
 from clipper.sources.session import SourceCache, open_source
 
 if TYPE_CHECKING:
@@ -281,3 +283,18 @@ def test_endpoint_serves_only_the_jobs_own_source_on_loopback(http, media_dir, t
         session.close()
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(url, timeout=5)  # gone with the job
+
+
+def test_cancel_stops_a_range_read_within_a_second(http) -> None:
+    cancelled = threading.Event()
+    origin = HttpOrigin(http.url("/slow/sample.mp4?bps=2000"), FetchSettings(allow_private=True), cancelled)
+    try:
+        opened = origin.open(1024, None)
+        assert opened.status == 206 and len(b"".join(opened.chunks)) == 1024
+        threading.Timer(0.3, cancelled.set).start()
+        started = time.monotonic()
+        with pytest.raises(Cancelled):
+            origin.read(1024, 500_000, opened.version)  # ~4 minutes at this rate
+        assert time.monotonic() - started < 1.5
+    finally:
+        origin.close()
