@@ -333,6 +333,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 status = self._file(parts[1], body)
             elif parts[0] == "norange" and len(parts) == 2:
                 status = self._file(parts[1], body, ranges=False)
+            elif parts[0] == "nolength" and len(parts) == 2:
+                status = self._file(parts[1], body, ranges=False, length=False)
             elif parts[0] == "slow" and len(parts) == 2:
                 query = urllib.parse.parse_qs(url.query)
                 rate = float(query.get("bps", [media.slow_rate])[0])
@@ -371,7 +373,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         return code
 
     def _file(self, name: str, body: bool, rate: float | None = None, truncate: bool = False,
-              ranges: bool = True) -> int:
+              ranges: bool = True, length: bool = True) -> int:
         media: MediaHTTPServer = self.server.media
         if "/" in name or name.startswith("."):
             return self._simple(404, "not found", body)
@@ -404,10 +406,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             if parsed is not None:
                 start, end = parsed
                 code = 206
-        length = end - start + 1
         self.send_response(code)
         self.send_header("Content-Type", _content_type(name))
-        self.send_header("Content-Length", str(length))
+        if length:
+            self.send_header("Content-Length", str(end - start + 1))
+        else:  # the body ends when the connection does
+            self.send_header("Connection", "close")
+            self.close_connection = True
         self.send_header("Accept-Ranges", "bytes")
         self.send_header("Last-Modified", last_modified)
         self.send_header("ETag", etag)
@@ -418,7 +423,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         if not body:
             return code
-        to_send = length // 2 if truncate else length
+        to_send = (end - start + 1) // 2 if truncate else end - start + 1
         chunk = 64 * 1024 if rate is None else max(1024, min(64 * 1024, int(rate / 20)))
         with open(path, "rb") as f:
             f.seek(start)
@@ -482,6 +487,7 @@ class MediaHTTPServer:
 
     /media/<file>               the file (GET, HEAD, one Range; ETag, If-None-Match, If-Modified-Since)
     /norange/<file>             the same, ignoring Range (always 200 and the whole file)
+    /nolength/<file>            the same, and no Content-Length (the body ends with the connection)
     /slow/<file>[?bps=N]        the same, trickled at `slow_rate` bytes/s (default ~1 MB in 3 s)
     /flaky/<key>/<n>/<file>     503 to the first n requests for <key>, then the file
     /truncated/<file>           announces the full Content-Length, sends half, closes (ignores Range)

@@ -129,8 +129,9 @@ class BlockSource:
             self.store(0, data)
         self.stats.add(misses=1, origin_bytes=len(data))
 
-    def fill(self, chunks: Iterator[bytes], max_bytes: int) -> None:
-        """The whole body of an origin that ignored Range, cut into blocks as it streams in."""
+    def fill(self, chunks: Iterator[bytes], max_bytes: int, expected: int | None) -> None:
+        """The whole body of an origin that ignored Range (or sent no length), cut into blocks as
+        it streams in; `expected`: the announced length, if any."""
         buffer = bytearray()
         index = received = 0
         for chunk in chunks:
@@ -144,8 +145,11 @@ class BlockSource:
                 index += 1
         if buffer:
             self.store(index, bytes(buffer))
-        if received != self.size:
-            raise TransientError(f"source {self.where}: truncated body, got {received} of {self.size} bytes")
+        if expected is not None and received != expected:
+            raise TransientError(f"source {self.where}: truncated body, got {received} of {expected} bytes")
+        if received == 0:
+            raise PermanentError(f"source {self.where}: empty file")
+        self.size = received
         self.stats.add(misses=index + (1 if buffer else 0), origin_bytes=received)
 
     def complete(self) -> bool:

@@ -99,7 +99,8 @@ class SourceSession:
         try:
             info = source_media_info(data, reason, PROBE_WHAT)
         except PermanentError as exc:
-            self.cache.failures.remember(self.url, f"source {redact_url(self.url)}: {exc}")
+            if self.blocks is not None:  # a remote source; a local file is looked at again each time
+                self.cache.failures.remember(self.url, str(exc))
             raise
         if cached is not None and not cached.exists():
             write_atomic(cached, json.dumps(data).encode())
@@ -128,7 +129,7 @@ class SourceSession:
         if self.lease is not None:
             self.lease.release()
             if self.private:
-                self.cache.sources._remove_unused(self.lease.dir)
+                self.cache.sources.remove_unused(self.lease.dir)
 
 
 def open_source(url: str, cache: SourceCache, workdir: Path, cancelled: threading.Event) -> SourceSession:
@@ -224,7 +225,7 @@ def _take_whole(blocks: BlockSource, opened: Opened, max_bytes: int) -> None:
     if opened.version.size is not None and blocks.complete():
         opened.discard()
     else:
-        blocks.fill(opened.chunks, max_bytes)
+        blocks.fill(opened.chunks, max_bytes, opened.version.size)
     blocks.origin = None
 
 

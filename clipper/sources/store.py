@@ -221,12 +221,13 @@ class Area:
         for directory, size, used in entries:  # least recently used first, so the expired come first
             if not (now - used > self.ttl or (target is not None and total > target)):
                 break
-            if self._remove_unused(directory):
+            if self.remove_unused(directory):
                 total -= size
                 evicted += 1
         self.counters.add(evictions=evicted)
 
-    def _remove_unused(self, directory: Path) -> bool:
+    def remove_unused(self, directory: Path) -> bool:
+        """Delete an entry nobody holds (renamed away first, so it vanishes in one step)."""
         try:
             fd = os.open(directory / ".lock", os.O_RDWR)
         except OSError:

@@ -234,6 +234,9 @@ def test_origin_without_range_support_is_fetched_whole_once(clipper: ClipperHarn
     first, second = (clipper.result(j)["source"]["bytes_from_origin"] for j in ("nr1", "nr2"))
     assert first == size and second < size // 4, (first, second)
     assert clipper.result("nr2")["outputs"][0]["reused"] is True
+    clipper.push(clip_job(http, "nolength", "/nolength/sample.mp4", 5, 10))
+    assert clipper.wait_job("nolength")["status"] == "done", clipper.diagnostics()
+    assert clipper.result("nolength")["source"]["bytes_from_origin"] == size
 
 
 def test_permanent_source_failure_is_remembered(clipper: ClipperHarness, http) -> None:
@@ -248,7 +251,16 @@ def test_permanent_source_failure_is_remembered(clipper: ClipperHarness, http) -
     reasons = [clipper.result(j)["error"]["message"] for j in ids]
     assert "404" in reasons[0] and "(cached)" not in reasons[0]
     assert reasons[1] == reasons[2] == reasons[0] + " (cached)", reasons
-    assert cache_stats(clipper)["failure_hits"] == 2
+
+    for job_id in ("text0", "text1"):  # not a media file: remembered too
+        clipper.push(clip_job(http, job_id, "/media/not_a_video.mp4", 0, 2))
+        assert clipper.wait_job(job_id)["status"] == "failed"
+    asked = http.count("/media/not_a_video.mp4")
+    first, second = (clipper.result(j)["error"]["message"] for j in ("text0", "text1"))
+    assert "not a media file" in first and second == first + " (cached)" and asked >= 1, (first, second)
+    assert cache_stats(clipper)["failure_hits"] == 3
+    clipper.push(clip_job(http, "text2", "/media/not_a_video.mp4", 0, 2))
+    assert clipper.wait_job("text2")["status"] == "failed" and http.count("/media/not_a_video.mp4") == asked
 
 
 def test_s3_source_is_read_in_ranges(clipper: ClipperHarness, s3_server, s3, media_dir, long_media) -> None:
