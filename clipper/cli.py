@@ -62,7 +62,7 @@ def _check_writable(settings: Settings) -> str | None:
                 pass
         except OSError as exc:
             return f"cannot write {what} {path}: {exc.strerror} (run as a user that can, or set {what})"
-    for what, path in (("daemon.work_dir", settings.daemon.work_dir),) + (
+    for what, path in (("daemon.work_dir", settings.daemon.work_dir), ("cache.dir", settings.cache.dir)) + (
             (("output.dir", settings.output.dir),) if settings.output.kind == "dir" else ()):
         try:
             path.mkdir(parents=True, exist_ok=True)
