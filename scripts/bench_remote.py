@@ -18,7 +18,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,9 +28,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from services import MediaHTTPServer  # noqa: E402
 
 from clipper.jobs.clip import make_clip  # noqa: E402
-from clipper.jobs.command import JobControl  # noqa: E402
 from clipper.jobs.fetch import fetch_source  # noqa: E402
 from clipper.jobs.spec import ClipSpec  # noqa: E402
+from clipper.media.command import JobControl  # noqa: E402
 from clipper.settings import CacheSettings, FetchSettings, Settings  # noqa: E402
 from clipper.sources.session import SourceCache, open_source  # noqa: E402
 
@@ -42,7 +41,7 @@ def run_clipper(url: str, work: Path) -> None:
     with tempfile.TemporaryDirectory(dir=work) as tmp:
         settings = Settings(fetch=FetchSettings(allow_private=True), cache=CacheSettings(dir=Path(tmp) / "cache"))
         control = JobControl("bench-remote")
-        session = open_source(url, SourceCache(settings), Path(tmp), control.cancelled)
+        session = open_source(url, SourceCache(settings), Path(tmp), control)
         try:
             info = session.probe(control)
             make_clip(session.input, info, ClipSpec("c", START, START + 10, "copy", "mp4"), Path(tmp), settings.media,
@@ -58,7 +57,7 @@ def run_bare(url: str, work: Path) -> None:
 
 def run_download(url: str, work: Path) -> None:
     with tempfile.TemporaryDirectory(dir=work) as tmp:
-        fetched = fetch_source(url, Path(tmp), FetchSettings(allow_private=True), cancelled=threading.Event())
+        fetched = fetch_source(url, Path(tmp), FetchSettings(allow_private=True), control=JobControl("bench-download"))
         subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-ss", str(START), "-i", str(fetched.path),
                         "-t", "10", "-c", "copy", str(work / "download.mp4")], check=True)
 

@@ -24,12 +24,12 @@ from typing import Any
 from clipper.errors import PermanentError, TransientError
 from clipper.jobs.clip import EXTENSIONS as CLIP_EXTENSIONS
 from clipper.jobs.clip import check_streams, make_clip, resolve_range
-from clipper.jobs.command import JobControl
 from clipper.jobs.probe import MediaInfo
 from clipper.jobs.spec import ClipSpec, JobSpec, ThumbSpec, redact_url
 from clipper.jobs.thumbs import EXTENSIONS as THUMB_EXTENSIONS
 from clipper.jobs.thumbs import check_thumbnail, make_thumbnail
 from clipper.jobs.upload import Uploader
+from clipper.media.command import JobControl
 from clipper.settings import Settings
 from clipper.sources.outputs import output_key, reuse_or_make
 from clipper.sources.session import SourceCache, SourceSession, explain_failure, open_source
@@ -58,10 +58,6 @@ class LocalOutput:
     mode: str | None = None
     note: str | None = None
     reused: bool = False  # kept by the cache from an earlier job (clipper.sources.outputs)
-
-
-def failed_result(job_id: str, attempts: int, error: dict[str, str]) -> dict[str, Any]:
-    return {"id": job_id, "status": "failed", "attempts": attempts, "outputs": [], "timings": {}, "error": error}
 
 
 def check_against_media(spec: JobSpec, info: MediaInfo) -> None:
@@ -116,7 +112,7 @@ def run_job(spec: JobSpec, ctx: JobContext, attempts: int) -> dict[str, Any]:
     session: SourceSession | None = None
     try:
         with stage("fetch", source=redact_url(spec.source)):
-            session = open_source(spec.source, ctx.sources, workdir, ctx.control.cancelled)
+            session = open_source(spec.source, ctx.sources, workdir, ctx.control)
         with stage("probe"):
             info = session.probe(ctx.control)
             check_against_media(spec, info)
@@ -190,7 +186,7 @@ def _output(ctx: JobContext, session: SourceSession, spec: ClipSpec | ThumbSpec,
 
     made = _make_name(spec, out_dir)
     key = output_key(session.version_key, spec, ctx.settings.media)
-    path, record, reused = reuse_or_make(ctx.sources.outputs, key, made, make, ctx.control.cancelled)
+    path, record, reused = reuse_or_make(ctx.sources.outputs, key, made, make, ctx.control)
     return LocalOutput(spec.name, path=path, reused=reused, **record)
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from clipper.errors import ClipperError, PermanentError, TransientError
+from clipper.media.command import JobControl
 from clipper.sources.origin import Version
 from clipper.sources.store import Area, Lease, file_lock, try_file_lock, wait_check, write_atomic
 
@@ -52,7 +53,7 @@ class BlockSource:
     explains an ffmpeg that then failed to read."""
 
     def __init__(self, lease: Lease, area: Area, version: Version, block_size: int, origin: RangeOrigin | None,
-                 cancelled: threading.Event, where: str):
+                 control: JobControl, where: str):
         assert version.size is not None
         self.dir = lease.dir / "blocks"
         self.dir.mkdir(exist_ok=True)
@@ -64,7 +65,7 @@ class BlockSource:
         self.where = where
         self.stats = ReadStats()
         self.error: ClipperError | None = None
-        self._check = wait_check(cancelled, f"source {where}")
+        self._check = wait_check(control, f"source {where}")
 
     def span(self, index: int) -> tuple[int, int]:
         """First and last byte (inclusive) of block `index`."""

@@ -22,7 +22,7 @@ import threading
 from typing import Any
 
 from clipper.errors import ClipperError
-from clipper.jobs.command import LOOPBACK_URL_PREFIX
+from clipper.media.command import LOOPBACK_URL_PREFIX
 from clipper.sources.blocks import BlockSource
 
 SEND_BUFFER = 16 * 1024  # bytes; the kernel doubles it

@@ -37,6 +37,7 @@ from clipper.jobs.fetch import (
     status_error,
 )
 from clipper.jobs.spec import redact_url
+from clipper.media.command import JobControl
 from clipper.settings import FetchSettings
 
 READ_CHUNK = 64 * 1024
@@ -152,9 +153,9 @@ class _Exchange:
 class HttpOrigin:
     """Range requests to one http(s) source for one job (see the module doc)."""
 
-    def __init__(self, url: str, settings: FetchSettings, cancelled: threading.Event):
+    def __init__(self, url: str, settings: FetchSettings, control: JobControl):
         self.settings = settings
-        self.cancelled = cancelled
+        self.control = control
         self.where = redact_url(url)
         self.hop: HttpTarget = parse_http_url(url)
         self.bytes = 0  # body bytes received from the origin
@@ -180,7 +181,7 @@ class HttpOrigin:
         """Send a GET (on an idle kept-alive connection when there is one, else on a new pinned
         one), following redirects; the final hop is remembered for the next requests."""
         for redirects in range(self.settings.max_redirects + 1):
-            deadline = Deadline(self.settings, self.cancelled, self.where)
+            deadline = Deadline(self.settings, self.control, self.where)
             watchdog = Watchdog(deadline).__enter__()
             try:
                 conn, sock, response = self._send(deadline, watchdog, headers)

@@ -16,6 +16,7 @@ from typing import Any
 from clipper.errors import Cancelled, ClipperError, PermanentError, TransientError
 from clipper.jobs.fetch_s3 import check_s3_endpoint, parse_s3_url, s3_client, s3_error
 from clipper.jobs.spec import redact_url
+from clipper.media.command import JobControl
 from clipper.settings import FetchSettings
 from clipper.sources.origin import READ_CHUNK, Opened, SourceRefused, Version, parse_content_range
 
@@ -30,17 +31,17 @@ def _status(exc: BaseException) -> int:
 class S3Origin:
     """Range reads of one S3 object for one job (module doc)."""
 
-    def __init__(self, url: str, settings: FetchSettings, cancelled: threading.Event):
+    def __init__(self, url: str, settings: FetchSettings, control: JobControl):
         self.where = redact_url(url)
         self.bucket, self.key = parse_s3_url(url)
-        self.cancelled = cancelled
+        self.control = control
         self.bytes = 0
         self._lock = threading.Lock()
         check_s3_endpoint(settings.s3_endpoint_url)
         self._client: Any = s3_client(settings)
 
     def _check(self) -> None:
-        if self.cancelled.is_set():
+        if self.control.is_cancelled():
             raise Cancelled(f"fetch of {self.where} cancelled")
 
     def _get(self, first: int, last: int, **conditions: str) -> dict[str, Any]:

@@ -19,13 +19,13 @@ import json
 import os
 import secrets
 import shutil
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from clipper import __version__
 from clipper.jobs.spec import ClipSpec, ThumbSpec
+from clipper.media.command import JobControl
 from clipper.settings import MediaSettings
 from clipper.sources.store import Area, file_lock, read_json, wait_check, write_atomic
 
@@ -54,10 +54,10 @@ Made = tuple[Path, dict[str, Any]]  # the output file and what the pipeline reco
 
 
 def reuse_or_make(area: Area, key: str, dest: Path, make: Callable[[], Made],
-                  cancelled: threading.Event) -> tuple[Path, dict[str, Any], bool]:
+                  control: JobControl) -> tuple[Path, dict[str, Any], bool]:
     """(file, record, reused): the kept output copied to `dest` when there is one, else
     `make()`'s output, kept for the next job (module doc)."""
-    check = wait_check(cancelled, "output reuse")
+    check = wait_check(control, "output reuse")
     lease = area.lease(key, check)
     try:
         with file_lock(lease.dir / "make.lock", check=check):

@@ -21,16 +21,15 @@ import hashlib
 import json
 import os
 import secrets
-import threading
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from clipper.errors import ClipperError, PermanentError
-from clipper.jobs.command import SOURCE_FORMAT_WHITELIST, JobControl
 from clipper.jobs.fetch import check_source_policy, fetch_source, source_filename
 from clipper.jobs.probe import MediaInfo, probe_json, source_media_info
 from clipper.jobs.spec import redact_url
+from clipper.media.command import SOURCE_FORMAT_WHITELIST, JobControl
 from clipper.settings import Settings
 from clipper.sources.blocks import BlockSource
 from clipper.sources.endpoint import LocalEndpoint
@@ -132,7 +131,7 @@ class SourceSession:
                 self.cache.sources.remove_unused(self.lease.dir)
 
 
-def open_source(url: str, cache: SourceCache, workdir: Path, cancelled: threading.Event) -> SourceSession:
+def open_source(url: str, cache: SourceCache, workdir: Path, control: JobControl) -> SourceSession:
     """The job's source, ready to be read (module doc). Raises PermanentError (forbidden URL,
     4xx, too large; a remembered failure with "(cached)"), TransientError or Cancelled."""
     settings = cache.settings
@@ -140,14 +139,14 @@ def open_source(url: str, cache: SourceCache, workdir: Path, cancelled: threadin
     scheme = urlsplit(url).scheme.lower()
     cache.failures.check(url)
     if scheme == "file":
-        fetched = fetch_source(url, workdir, settings.fetch, cancelled=cancelled)
+        fetched = fetch_source(url, workdir, settings.fetch, control=control)
         return SourceSession(cache, url, fetched.path, local_bytes=fetched.bytes)
-    origin: Origin = S3Origin(url, settings.fetch, cancelled) if scheme == "s3" else HttpOrigin(url, settings.fetch,
-                                                                                              cancelled)
+    origin: Origin = S3Origin(url, settings.fetch, control) if scheme == "s3" else HttpOrigin(url, settings.fetch,
+                                                                                              control)
     # the same s3:// URL names another object on another endpoint
     identity = url_identity(url + (f"@{settings.fetch.s3_endpoint_url}" if scheme == "s3" else ""))
     try:
-        session = _open_remote(url, identity, cache, origin, cancelled)
+        session = _open_remote(url, identity, cache, origin, control)
     except SourceRefused as exc:
         origin.close()
         cache.failures.remember(url, str(exc))
@@ -167,11 +166,11 @@ def open_source(url: str, cache: SourceCache, workdir: Path, cancelled: threadin
 
 
 def _open_remote(url: str, identity: str, cache: SourceCache, origin: Origin,
-                 cancelled: threading.Event) -> SourceSession:
+                 control: JobControl) -> SourceSession:
     settings = cache.settings
     where = redact_url(url)
     block_size = settings.cache.block_size
-    check = wait_check(cancelled, f"source {where}")
+    check = wait_check(control, f"source {where}")
     with file_lock(cache.urls / f"{identity}.lock", check=check) as fd:
         os.utime(fd)  # in use: not swept as stale (store.py)
         known_data = read_json(cache.urls / f"{identity}.json")
@@ -182,14 +181,14 @@ def _open_remote(url: str, identity: str, cache: SourceCache, origin: Origin,
             if version.size is not None and version.size > settings.fetch.max_bytes:
                 raise PermanentError(f"source {where}: {version.size} bytes exceeds fetch.max_bytes "
                                      f"{settings.fetch.max_bytes}")
-            return _lease_version(url, cache, origin, opened, identity, cancelled)
+            return _lease_version(url, cache, origin, opened, identity, control)
         except BaseException:
             opened.discard()
             raise
 
 
 def _lease_version(url: str, cache: SourceCache, origin: Origin, opened: Opened, identity: str,
-                   cancelled: threading.Event) -> SourceSession:
+                   control: JobControl) -> SourceSession:
     settings = cache.settings
     version = opened.version
     block_size = settings.cache.block_size
@@ -198,14 +197,14 @@ def _lease_version(url: str, cache: SourceCache, origin: Origin, opened: Opened,
         key = f"private-{secrets.token_hex(16)}"
     else:
         key = hashlib.sha256(f"{identity}|{version.validator}|{block_size}".encode()).hexdigest()
-    lease = cache.sources.lease(key, wait_check(cancelled, f"source {redact_url(url)}"))
+    lease = cache.sources.lease(key, wait_check(control, f"source {redact_url(url)}"))
     try:
         meta = lease.dir / "meta.json"
         if not meta.exists():
             write_atomic(meta, json.dumps({"url": redact_url(url), "ranges": opened.status != 200,
                                            **dataclasses.asdict(version)}).encode())
         sized = version if version.size is not None else dataclasses.replace(version, size=0)
-        blocks = BlockSource(lease, cache.sources, sized, block_size, origin, cancelled, redact_url(url))
+        blocks = BlockSource(lease, cache.sources, sized, block_size, origin, control, redact_url(url))
         if opened.status == 206:
             blocks.put_first(b"".join(opened.chunks))
         elif opened.status == 200:

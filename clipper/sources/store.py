@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from clipper.errors import Cancelled
+from clipper.media.command import JobControl
 
 POLL = 0.02  # seconds between attempts at a lock another job holds
 COUNTERS = ("hits", "misses", "evictions", "coalesced_waits", "failure_hits", "output_reuses")
@@ -276,9 +277,9 @@ def _tree_bytes(path: Path) -> int:
     return total
 
 
-def wait_check(cancelled: threading.Event, what: str) -> Callable[[], None]:
+def wait_check(control: JobControl, what: str) -> Callable[[], None]:
     """A `check` for lock waits: raises Cancelled once the job is cancelled."""
     def check() -> None:
-        if cancelled.is_set():
+        if control.is_cancelled():
             raise Cancelled(f"{what}: cancelled while waiting for another job's fetch")
     return check

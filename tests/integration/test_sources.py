@@ -20,6 +20,7 @@ import pytest
 from services import ffprobe
 
 from clipper.errors import Cancelled
+from clipper.media.command import JobControl
 from clipper.settings import CacheSettings, FetchSettings, Settings
 from clipper.sources.origin import HttpOrigin
 from clipper.sources.session import SourceCache, open_source
@@ -280,7 +281,7 @@ def test_s3_source_is_read_in_ranges(clipper: ClipperHarness, s3_server, s3, med
 
 def test_endpoint_serves_only_the_jobs_own_source_on_loopback(http, media_dir, tmp_path) -> None:
     settings = Settings(fetch=FetchSettings(allow_private=True), cache=CacheSettings(dir=tmp_path / "cache"))
-    session = open_source(http.url("/media/sample.mp4"), SourceCache(settings), tmp_path, threading.Event())
+    session = open_source(http.url("/media/sample.mp4"), SourceCache(settings), tmp_path, JobControl("endpoint"))
     try:
         url = str(session.input)
         parts = urllib.parse.urlsplit(url)
@@ -298,12 +299,12 @@ def test_endpoint_serves_only_the_jobs_own_source_on_loopback(http, media_dir, t
 
 
 def test_cancel_stops_a_range_read_within_a_second(http) -> None:
-    cancelled = threading.Event()
-    origin = HttpOrigin(http.url("/slow/sample.mp4?bps=2000"), FetchSettings(allow_private=True), cancelled)
+    control = JobControl("cancel")
+    origin = HttpOrigin(http.url("/slow/sample.mp4?bps=2000"), FetchSettings(allow_private=True), control)
     try:
         opened = origin.open(1024, None)
         assert opened.status == 206 and len(b"".join(opened.chunks)) == 1024
-        threading.Timer(0.3, cancelled.set).start()
+        threading.Timer(0.3, control.cancel).start()
         started = time.monotonic()
         with pytest.raises(Cancelled):
             origin.read(1024, 500_000, opened.version)  # ~4 minutes at this rate

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from clipper.errors import PermanentError
-from clipper.jobs.command import local_input_options
 from clipper.jobs.spec import ClipSpec
+from clipper.media.command import local_input_options
 from clipper.settings import MediaSettings
 from clipper.sources.endpoint import parse_range
 from clipper.sources.failures import FailureCache
