@@ -93,21 +93,24 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.mark.parametrize("kind", ["end", "fast", "mkv"])
 def test_one_copy_clip_pulls_at_most_one_and_a_half_times_what_it_needs(clipper: ClipperHarness, http, media_dir,
-                                                                        long_media, kind) -> None:
+                                                                        long_media) -> None:
+    """Moov at the end, faststart, Matroska: one daemon, one job each (no cache shared between
+    them: each is its own source)."""
     clipper.configure(**{"workers.count": 1})
     clipper.start()
-    route = f"/media/{long_media[kind]}"
-    clipper.push(clip_job(http, "one", route, 60, 70, mode="copy"))
-    assert clipper.wait_job("one")["status"] == "done", clipper.diagnostics()
-    result = clipper.result("one")
-    pulled = http.sent(route)
-    need = needed_bytes(media_dir / long_media[kind], 60, 70)
-    assert pulled <= 1.5 * need, (pulled, need, http.requests)
-    assert all(r.range and r.range.startswith("bytes=") and not r.range.endswith("-") for r in http.records)
-    assert result["source"]["bytes_from_origin"] == pulled
-    assert abs(result["outputs"][0]["duration"] - 10) <= 2.1
+    for kind, name in long_media.items():
+        route = f"/media/{name}"
+        clipper.push(clip_job(http, kind, route, 60, 70, mode="copy"))
+        assert clipper.wait_job(kind)["status"] == "done", clipper.diagnostics()
+        result = clipper.result(kind)
+        pulled = http.sent(route)
+        need = needed_bytes(media_dir / name, 60, 70)
+        assert pulled <= 1.5 * need, (kind, pulled, need, http.requests)
+        assert result["source"]["bytes_from_origin"] == pulled, kind
+        assert abs(result["outputs"][0]["duration"] - 10) <= 2.1, kind
+    ranges = [r.range for r in http.records]
+    assert all(r and r.startswith("bytes=") and not r.endswith("-") for r in ranges), ranges  # closed ranges only
 
 
 def test_five_clips_of_one_source_pull_no_byte_twice_and_same_clips_are_reused(clipper: ClipperHarness, http,
