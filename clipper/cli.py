@@ -21,6 +21,8 @@ from clipper.daemon import Readiness, live, lock_holder, start_detached, stop_an
 from clipper.errors import PermanentError, SettingsError
 from clipper.queue import ReliableQueue, connect_redis, default_consumer_id, unreachable
 from clipper.settings import Settings, load_settings
+from clipper.sources.session import SourceCache
+from clipper.sources.store import COUNTERS
 
 
 def _fail(message: str, code: int = 1) -> int:
@@ -60,7 +62,7 @@ def _check_writable(settings: Settings) -> str | None:
                 pass
         except OSError as exc:
             return f"cannot write {what} {path}: {exc.strerror} (run as a user that can, or set {what})"
-    for what, path in (("daemon.work_dir", settings.daemon.work_dir),) + (
+    for what, path in (("daemon.work_dir", settings.daemon.work_dir), ("cache.dir", settings.cache.dir)) + (
             (("output.dir", settings.output.dir),) if settings.output.kind == "dir" else ()):
         try:
             path.mkdir(parents=True, exist_ok=True)
@@ -172,6 +174,7 @@ def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
         stats = _queue(settings).stats()
     except redis.RedisError as exc:
         return _fail(_unreachable(settings, exc))
+    stats["cache"] = SourceCache(settings).summary()
     if args.json:
         print(json.dumps(stats))
         return 0
@@ -184,6 +187,10 @@ def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
     for c in stats["consumers"]:
         jobs = ", ".join(c.get("jobs", [])) or "-"
         print(f"  {c['consumer']}  pid {c.get('pid')}  {c.get('in_flight', 0)}/{c.get('workers')} busy  jobs: {jobs}")
+    cache = stats["cache"]
+    print(f"cache       {cache['dir']}: {cache['entries']} sources, {cache['bytes']} of {cache['budget']} bytes; "
+          f"{cache['output_entries']} outputs, {cache['output_bytes']} of {cache['output_budget']} bytes")
+    print("            " + ", ".join(f"{k.replace('_', ' ')} {cache[k]}" for k in COUNTERS))
     return 0
 
 

@@ -21,6 +21,7 @@ from clipper.jobs.upload import make_uploader
 from clipper.media.command import JobControl
 from clipper.policy import Ack, Failure, Held, Requeue
 from clipper.settings import Settings
+from clipper.sources.session import SourceCache
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class JobRunner:
         self.scratch = scratch
         self.progress = progress  # (job_id, stage): informative, must not fail the job
         self.uploader = make_uploader(settings.output)
+        self.sources = SourceCache(settings)  # one per daemon: its write accounting drives eviction
 
     def __call__(self, item: InFlight) -> Ack | Requeue | Failure:
         log = logs.get_logger(env=self.settings.env, job_id=item.job_id, attempt=item.attempts)
@@ -53,7 +55,8 @@ class JobRunner:
         try:
             spec = parse_message(item.raw, self.settings.media, self.settings.redis.queue)
             ctx = JobContext(settings=self.settings, uploader=self.uploader, control=item.control,
-                             scratch=self.scratch, progress=lambda stage: self.progress(item.job_id, stage), log=log)
+                             scratch=self.scratch, progress=lambda stage: self.progress(item.job_id, stage), log=log,
+                             sources=self.sources)
             result = run_job(spec, ctx, item.attempts)
             log.info("job.done", seconds=round(time.monotonic() - started, 3), outputs=len(result["outputs"]),
                      timings=result["timings"])

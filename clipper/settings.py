@@ -88,6 +88,18 @@ class OutputSettings(_Section):
         return self
 
 
+class CacheSettings(_Section):
+    """The shared cache on disk (clipper.sources): source blocks and probes, reusable outputs,
+    and remembered permanent failures; several daemons on one host may share `dir`."""
+
+    dir: Path = Path("var/cache")
+    max_bytes: int = Field(default=10 * 1024**3, ge=1024**2)  # source blocks
+    output_max_bytes: int = Field(default=2 * 1024**3, ge=0)  # reusable outputs; 0: no output reuse
+    block_size: int = Field(default=64 * 1024, ge=4096, le=16 * 1024**2)
+    ttl: float = Field(default=7 * 86400.0, gt=0)  # an entry unused this long is removed
+    failure_ttl: float = Field(default=300.0, ge=0)  # 0: no failure cache
+
+
 class RetrySettings(_Section):
     max_attempts: int = Field(default=5, ge=1, le=100)
     backoff_base: float = Field(default=2.0, gt=0)
@@ -149,6 +161,7 @@ class Settings(_Section):
     fetch: FetchSettings = FetchSettings()
     output: OutputSettings = OutputSettings()
     retry: RetrySettings = RetrySettings()
+    cache: CacheSettings = CacheSettings()
     results: ResultsSettings = ResultsSettings()
     media: MediaSettings = MediaSettings()
 
@@ -233,6 +246,9 @@ def _resolve_paths(data: dict[str, Any], cwd: Path) -> dict[str, Any]:
     output = data.get("output", {})
     if "dir" in output:
         output["dir"] = absolute(output["dir"])
+    cache = data.get("cache", {})
+    if "dir" in cache:
+        cache["dir"] = absolute(cache["dir"])
     fetch = data.get("fetch", {})
     if isinstance(fetch.get("allow_file_roots"), list):
         fetch["allow_file_roots"] = [absolute(p) for p in fetch["allow_file_roots"]]
@@ -276,6 +292,7 @@ def load_settings(
                          ("work_dir", "var/work")):
         data["daemon"].setdefault(key, default)
     data.setdefault("output", {}).setdefault("dir", "var/clips")
+    data.setdefault("cache", {}).setdefault("dir", "var/cache")
     data = _resolve_paths(data, cwd)
     try:
         return Settings.model_validate(data)

@@ -10,9 +10,10 @@ the output included, as in production):
   re-encode with the same x264 preset/CRF, to show the overhead clipper adds.
 
 Prints a table of medians (and min/max) over --runs runs, and the ratios; the smart cut
-target is smart/accurate <= 0.3.
+target is smart/accurate <= 0.3. Then the remote-source benchmark (scripts/bench_remote.py)
+on the same source served by a throttled origin: clipper vs bare ffmpeg vs download-then-cut.
 
-    python scripts/bench.py [--seconds 180] [--runs 3] [--keep DIR]
+    python scripts/bench.py [--seconds 180] [--runs 3] [--keep DIR] [--remote-bps 4000000]
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from clipper.jobs.probe import probe_media  # noqa: E402
 from clipper.jobs.spec import ClipSpec  # noqa: E402
 from clipper.media.command import JobControl  # noqa: E402
 from clipper.settings import MediaSettings  # noqa: E402
+from scripts.bench_remote import bench_remote  # noqa: E402
 
 SMART_TARGET = 0.3
 
@@ -69,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=180, help="length of the generated source (default 180)")
     parser.add_argument("--runs", type=int, default=3, help="runs per case, the median is reported (default 3)")
     parser.add_argument("--keep", type=Path, help="generate into (and reuse) this directory instead of a temporary one")
+    parser.add_argument("--remote-bps", type=int, default=4_000_000, help="origin throttle of the remote benchmark")
     args = parser.parse_args(argv)
     if args.seconds < 100:
         parser.error("--seconds must be at least 100 (the 60 s clip starts at 30.5 s)")
@@ -124,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
               f"  (+{med['accurate 60 s'] - med['bare ffmpeg re-encode 60 s']:.3f} s)")
         print(f"  clipper copy / bare copy:           {med['copy 10 s'] / med['bare ffmpeg copy 10 s']:.3f}"
               f"  (+{med['copy 10 s'] - med['bare ffmpeg copy 10 s']:.3f} s: mostly the ffprobe of the output)")
+        bench_remote(src, args.runs, args.remote_bps)
         return 0
     finally:
         if not args.keep:

@@ -301,7 +301,7 @@ class SeaweedS3:
 
 # -- HTTP media server ---------------------------------------------------------------------------
 
-Request = namedtuple("Request", "method path range status")
+Request = namedtuple("Request", "method path range status sent", defaults=(0,))
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -324,6 +324,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         path = urllib.parse.unquote(url.path)
         parts = [p for p in path.split("/") if p]
         status = 0
+        self.sent = 0
         # logged on arrival (a client may see the last byte before this thread finishes)
         entry = media._record(Request(self.command, self.path, self.headers.get("Range"), 0))
         try:
@@ -331,6 +332,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 status = self._simple(404, "not found", body)
             elif parts[0] == "media" and len(parts) == 2:
                 status = self._file(parts[1], body)
+            elif parts[0] == "norange" and len(parts) == 2:
+                status = self._file(parts[1], body, ranges=False)
+            elif parts[0] == "nolength" and len(parts) == 2:
+                status = self._file(parts[1], body, ranges=False, length=False)
             elif parts[0] == "slow" and len(parts) == 2:
                 query = urllib.parse.parse_qs(url.query)
                 rate = float(query.get("bps", [media.slow_rate])[0])
@@ -354,7 +359,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
             self.close_connection = True  # the client went away (e.g. a cancelled download)
         finally:
-            media._set_status(entry, status)
+            media._set_status(entry, status, self.sent)
 
     def _simple(self, code: int, text: str, body: bool, extra: dict[str, str] | None = None) -> int:
         data = (text + "\n").encode()
@@ -368,17 +373,29 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(data)
         return code
 
-    def _file(self, name: str, body: bool, rate: float | None = None, truncate: bool = False) -> int:
+    def _file(self, name: str, body: bool, rate: float | None = None, truncate: bool = False,
+              ranges: bool = True, length: bool = True) -> int:
         media: MediaHTTPServer = self.server.media
         if "/" in name or name.startswith("."):
             return self._simple(404, "not found", body)
         path = media.root / name
         if not path.is_file():
             return self._simple(404, "not found", body)
-        size = path.stat().st_size
+        st = path.stat()
+        size = st.st_size
         start, end = 0, size - 1
         code = 200
-        header = None if truncate else self.headers.get("Range")  # a broken server: no resuming either
+        # a new ETag whenever the file is replaced; If-None-Match / If-Modified-Since honoured
+        etag = f'"{st.st_ino:x}-{st.st_mtime_ns:x}-{size:x}"'
+        last_modified = self.date_time_string(int(st.st_mtime))
+        if self.headers.get("If-None-Match") == etag or (
+                not self.headers.get("If-None-Match") and self.headers.get("If-Modified-Since") == last_modified):
+            self.send_response(304)
+            self.send_header("ETag", etag)
+            self.end_headers()
+            return 304
+        # a broken server (truncate) or one without Range support: no resuming either
+        header = self.headers.get("Range") if ranges and not truncate else None
         if header:
             parsed = _parse_range(header, size)
             if parsed == "unsatisfiable":
@@ -390,12 +407,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             if parsed is not None:
                 start, end = parsed
                 code = 206
-        length = end - start + 1
         self.send_response(code)
         self.send_header("Content-Type", _content_type(name))
-        self.send_header("Content-Length", str(length))
+        if length:
+            self.send_header("Content-Length", str(end - start + 1))
+        else:  # the body ends when the connection does
+            self.send_header("Connection", "close")
+            self.close_connection = True
         self.send_header("Accept-Ranges", "bytes")
-        self.send_header("Last-Modified", self.date_time_string(int(path.stat().st_mtime)))
+        self.send_header("Last-Modified", last_modified)
+        self.send_header("ETag", etag)
         if code == 206:
             self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
         if truncate:
@@ -403,7 +424,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         if not body:
             return code
-        to_send = length // 2 if truncate else length
+        to_send = (end - start + 1) // 2 if truncate else end - start + 1
         chunk = 64 * 1024 if rate is None else max(1024, min(64 * 1024, int(rate / 20)))
         with open(path, "rb") as f:
             f.seek(start)
@@ -413,6 +434,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 if not data:
                     break
                 self.wfile.write(data)
+                self.sent += len(data)
                 left -= len(data)
                 if rate and left > 0:
                     self.wfile.flush()
@@ -464,7 +486,9 @@ class _Server(http.server.ThreadingHTTPServer):
 class MediaHTTPServer:
     """Serves the files of `root` on a few test routes and logs every request.
 
-    /media/<file>               the file (GET, HEAD, one Range)
+    /media/<file>               the file (GET, HEAD, one Range; ETag, If-None-Match, If-Modified-Since)
+    /norange/<file>             the same, ignoring Range (always 200 and the whole file)
+    /nolength/<file>            the same, and no Content-Length (the body ends with the connection)
     /slow/<file>[?bps=N]        the same, trickled at `slow_rate` bytes/s (default ~1 MB in 3 s)
     /flaky/<key>/<n>/<file>     503 to the first n requests for <key>, then the file
     /truncated/<file>           announces the full Content-Length, sends half, closes (ignores Range)
@@ -509,12 +533,12 @@ class MediaHTTPServer:
             self._records.append(request)
             return len(self._records) - 1, request
 
-    def _set_status(self, entry: tuple[int, Request], status: int) -> None:
+    def _set_status(self, entry: tuple[int, Request], status: int, sent: int) -> None:
         index, request = entry
         with self._lock:
             # a reset() may have come in between
             if index < len(self._records) and self._records[index] is request:
-                self._records[index] = request._replace(status=status)
+                self._records[index] = request._replace(status=status, sent=sent)
 
     def _flaky_hit(self, key: str) -> int:
         with self._lock:
@@ -535,6 +559,33 @@ class MediaHTTPServer:
         """Requests whose path starts with `path_prefix` (with or without the leading slash)."""
         prefix = "/" + path_prefix.lstrip("/")
         return sum(1 for r in self.records if r.path.startswith(prefix) and (method is None or r.method == method))
+
+    def sent(self, path_prefix: str) -> int:
+        """Body bytes written for requests whose path starts with `path_prefix`."""
+        prefix = "/" + path_prefix.lstrip("/")
+        return sum(r.sent for r in self.records if r.path.startswith(prefix))
+
+    def fetched_ranges(self, path_prefix: str) -> list[tuple[int, int]]:
+        """(first, last) byte of every body served for `path_prefix` (a 200 counts as the whole
+        file from byte 0), in request order."""
+        prefix = "/" + path_prefix.lstrip("/")
+        spans = []
+        for r in self.records:
+            if r.path.startswith(prefix) and r.sent:
+                m = re.fullmatch(r"bytes=(\d+)-\d*", r.range or "") if r.status == 206 else None
+                first = int(m[1]) if m else 0
+                spans.append((first, first + r.sent - 1))
+        return spans
+
+    def refetched(self, path_prefix: str) -> int:
+        """Bytes of `path_prefix` served more than once (0: every byte at most once)."""
+        spans = sorted(self.fetched_ranges(path_prefix))
+        twice, reach = 0, -1
+        for first, last in spans:
+            if first <= reach:
+                twice += min(last, reach) - first + 1
+            reach = max(reach, last)
+        return twice
 
     def reset(self) -> None:
         with self._lock:

@@ -153,7 +153,7 @@ def dns_error(exc: socket.gaierror, host: str) -> ClipperError:
 
 # -- deadline, cancellation, watchdog --------------------------------------------------------------
 
-class _Deadline:
+class Deadline:
     def __init__(self, settings: FetchSettings, control: JobControl | None, where: str):
         self.seconds = settings.timeout
         self.per_op = settings.connect_timeout
@@ -179,19 +179,19 @@ class _Deadline:
         return max(0.01, min(self.per_op, self.remaining()))
 
 
-class _Watchdog:
+class Watchdog:
     """Shuts the current socket down when the job is cancelled or the deadline passes, so that a
     blocked read ends at once instead of after fetch.connect_timeout (or never, for a server that
     trickles its headers a byte at a time)."""
 
-    def __init__(self, deadline: _Deadline):
+    def __init__(self, deadline: Deadline):
         self._deadline = deadline
         self._sock: socket.socket | None = None
         self._lock = threading.Lock()
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fetch-watchdog", daemon=True)
 
-    def __enter__(self) -> _Watchdog:
+    def __enter__(self) -> Watchdog:
         self._thread.start()
         return self
 
@@ -269,7 +269,7 @@ class _PinnedHTTPSConnection(http.client.HTTPSConnection):
             raise
 
 
-def _resolve(hop: HttpTarget, deadline: _Deadline) -> list[AddrInfo]:
+def _resolve(hop: HttpTarget, deadline: Deadline) -> list[AddrInfo]:
     """getaddrinfo in a helper thread, so that a hung resolver cannot outlast the deadline or
     delay a cancel (the thread is abandoned and ends on its own)."""
     result: list[Any] = []
@@ -315,7 +315,7 @@ def _validated_addresses(hop: HttpTarget, infos: list[AddrInfo], allow_private: 
     return usable
 
 
-def _network_error(exc: BaseException, deadline: _Deadline, where: str) -> ClipperError:
+def network_error(exc: BaseException, deadline: Deadline, where: str) -> ClipperError:
     """Classify a failure while talking to a source; the deadline and a cancel explain it first."""
     deadline.check()
     if isinstance(exc, ssl.SSLCertVerificationError):
@@ -337,43 +337,58 @@ def _same_origin(a: HttpTarget, b: HttpTarget) -> bool:
     return a.origin == b.origin
 
 
-def _fetch_http(url: str, dest_dir: Path, settings: FetchSettings, deadline: _Deadline,
+def send_request(hop: HttpTarget, settings: FetchSettings, deadline: Deadline, watchdog: Watchdog,
+                 tls: ssl.SSLContext | None, headers: tuple[tuple[str, str], ...] = ()
+                 ) -> tuple[http.client.HTTPConnection, socket.socket, http.client.HTTPResponse]:
+    """One GET to one hop over a connection pinned to the hop's validated addresses (resolved
+    now, for this connection); returns the open connection, its socket (watched by `watchdog`)
+    and the response, headers read. `headers`: extra request headers (e.g. Range). The caller
+    closes the connection; on error it is closed here."""
+    where = redact_url(hop.url)
+    deadline.check()
+    addresses = _validated_addresses(hop, _resolve(hop, deadline), settings.allow_private)
+    if hop.scheme == "https":
+        conn: http.client.HTTPConnection = _PinnedHTTPSConnection(hop.host, hop.port, addresses,
+                                                                  deadline.op_timeout(), tls or make_tls_context())
+    else:
+        conn = _PinnedHTTPConnection(hop.host, hop.port, addresses, deadline.op_timeout())
+    try:
+        conn.connect()
+        # kept apart from conn.sock, which http.client drops once a response that
+        # closes the connection owns the socket
+        sock = conn.sock
+        watchdog.watch(sock)
+        deadline.check()
+        conn.putrequest("GET", hop.target, skip_accept_encoding=True)
+        conn.putheader("User-Agent", USER_AGENT)
+        conn.putheader("Accept-Encoding", "identity")
+        conn.putheader("Accept", "*/*")
+        if hop.authorization:
+            conn.putheader("Authorization", hop.authorization)
+        for name, value in headers:
+            conn.putheader(name, value)
+        conn.endheaders()
+        return conn, sock, conn.getresponse()
+    except BaseException as exc:
+        conn.close()
+        if isinstance(exc, ClipperError) or not isinstance(exc, Exception):
+            raise
+        raise network_error(exc, deadline, where) from None
+
+
+def _fetch_http(url: str, dest_dir: Path, settings: FetchSettings, deadline: Deadline,
                 progress: Callable[[int], None] | None) -> tuple[Path, int, str | None]:
     hop = parse_http_url(url)
     tls: ssl.SSLContext | None = None
-    with _Watchdog(deadline) as watchdog:
+    with Watchdog(deadline) as watchdog:
         for redirects in range(settings.max_redirects + 1):
             where = redact_url(hop.url)
-            deadline.check()
-            addresses = _validated_addresses(hop, _resolve(hop, deadline), settings.allow_private)
             if hop.scheme == "https":
                 tls = tls or make_tls_context()
-                conn: http.client.HTTPConnection = _PinnedHTTPSConnection(hop.host, hop.port, addresses,
-                                                                          deadline.op_timeout(), tls)
-            else:
-                conn = _PinnedHTTPConnection(hop.host, hop.port, addresses, deadline.op_timeout())
+            conn, sock, response = send_request(hop, settings, deadline, watchdog, tls)
             try:
-                try:
-                    conn.connect()
-                    # kept apart from conn.sock, which http.client drops once a response that
-                    # closes the connection owns the socket
-                    sock = conn.sock
-                    watchdog.watch(sock)
-                    deadline.check()
-                    conn.putrequest("GET", hop.target, skip_accept_encoding=True)
-                    conn.putheader("User-Agent", USER_AGENT)
-                    conn.putheader("Accept-Encoding", "identity")
-                    conn.putheader("Accept", "*/*")
-                    if hop.authorization:
-                        conn.putheader("Authorization", hop.authorization)
-                    conn.endheaders()
-                    response = conn.getresponse()
-                except ClipperError:
-                    raise
-                except Exception as exc:
-                    raise _network_error(exc, deadline, where) from None
                 if response.status in REDIRECT_STATUSES:
-                    hop = _next_hop(hop, response.getheader("Location"), where, redirects, settings.max_redirects)
+                    hop = next_hop(hop, response.getheader("Location"), where, redirects, settings.max_redirects)
                     continue
                 error = status_error(response.status, where)
                 if error is not None:
@@ -385,7 +400,7 @@ def _fetch_http(url: str, dest_dir: Path, settings: FetchSettings, deadline: _De
     raise AssertionError("unreachable: the redirect loop returns or raises")
 
 
-def _next_hop(hop: HttpTarget, location: str | None, where: str, redirects: int, max_redirects: int) -> HttpTarget:
+def next_hop(hop: HttpTarget, location: str | None, where: str, redirects: int, max_redirects: int) -> HttpTarget:
     if not location:
         raise PermanentError(f"source {where}: redirect without a Location header")
     if redirects >= max_redirects:
@@ -406,7 +421,7 @@ def _next_hop(hop: HttpTarget, location: str | None, where: str, redirects: int,
 
 
 def _stream_body(response: http.client.HTTPResponse, sock: socket.socket, hop: HttpTarget,
-                 dest_dir: Path, settings: FetchSettings, deadline: _Deadline,
+                 dest_dir: Path, settings: FetchSettings, deadline: Deadline,
                  progress: Callable[[int], None] | None) -> tuple[Path, int, str | None]:
     where = redact_url(hop.url)
     encoding = (response.getheader("Content-Encoding") or "identity").strip().lower()
@@ -428,7 +443,7 @@ def _stream_body(response: http.client.HTTPResponse, sock: socket.socket, hop: H
                     sock.settimeout(deadline.op_timeout())
                     chunk = response.read1(CHUNK_BYTES)
                 except Exception as exc:
-                    raise _network_error(exc, deadline, where) from None
+                    raise network_error(exc, deadline, where) from None
                 if not chunk:
                     break
                 received += len(chunk)
@@ -530,7 +545,7 @@ def fetch_source(url: str, dest_dir: Path, settings: FetchSettings, *, control: 
     where = redact_url(url)
     check_source_policy(url, settings)
     scheme = urlsplit(url).scheme.lower()
-    deadline = _Deadline(settings, control, where)
+    deadline = Deadline(settings, control, where)
     deadline.check()
     content_type: str | None
     if scheme in ("http", "https"):

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from clipper.addresses import check_address, is_ip_literal
@@ -99,13 +100,20 @@ def s3_error(exc: BaseException, where: str) -> ClipperError:
     return TransientError(f"source {where}: S3 download failed ({type(exc).__name__})")
 
 
+def s3_client(settings: FetchSettings) -> Any:
+    """A boto3 S3 client for `fetch.s3_endpoint_url` with fetch's timeouts."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client("s3", endpoint_url=settings.s3_endpoint_url, region_name=settings.s3_region,
+                        config=Config(connect_timeout=settings.connect_timeout, read_timeout=settings.connect_timeout,
+                                      retries={"max_attempts": 2}))
+
+
 def fetch_s3(url: str, path: Path, settings: FetchSettings, *, check: Callable[[], None],
              progress: Callable[[int], None] | None) -> tuple[int, str | None]:
     """Download the object to `path`; returns (bytes, content type). `check` raises Cancelled
     or the fetch.timeout error; it is called between the steps and on every received chunk."""
-    import boto3
-    from botocore.config import Config
-
     where = redact_url(url)
     bucket, key = parse_s3_url(url)
     check_s3_endpoint(settings.s3_endpoint_url)
@@ -128,9 +136,7 @@ def fetch_s3(url: str, path: Path, settings: FetchSettings, *, check: Callable[[
             progress(so_far)
 
     try:
-        client = boto3.client("s3", endpoint_url=settings.s3_endpoint_url, region_name=settings.s3_region,
-                              config=Config(connect_timeout=settings.connect_timeout,
-                                            read_timeout=settings.connect_timeout, retries={"max_attempts": 2}))
+        client = s3_client(settings)
         head = client.head_object(Bucket=bucket, Key=key)
         size = int(head.get("ContentLength") or 0)
         if size > settings.max_bytes:

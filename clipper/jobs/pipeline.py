@@ -1,12 +1,15 @@
 """One job, stage by stage: fetch -> probe -> clips -> thumbnails -> upload (+ manifest).
 
-The source is fetched once per job and every clip and thumbnail reads that local copy.
+The source is opened once per job (clipper.sources: a local file read in place, or a remote
+source read through the shared cache, fetching only the ranges ffmpeg reads) and every clip
+and thumbnail reads it; an output the cache already holds for this source version is reused.
 Every output was verified with ffprobe by its stage; here it gets its key, size and digest,
 and is uploaded; `manifest.json` goes last, so its presence means the set is complete.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -18,15 +21,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from clipper.errors import PermanentError
+from clipper.errors import PermanentError, TransientError
+from clipper.jobs.clip import EXTENSIONS as CLIP_EXTENSIONS
 from clipper.jobs.clip import check_streams, make_clip, resolve_range
-from clipper.jobs.fetch import fetch_source
-from clipper.jobs.probe import MediaInfo, probe_media
-from clipper.jobs.spec import JobSpec, redact_url
+from clipper.jobs.probe import MediaInfo, check_source_limits
+from clipper.jobs.spec import ClipSpec, JobSpec, ThumbSpec, redact_url
+from clipper.jobs.thumbs import EXTENSIONS as THUMB_EXTENSIONS
 from clipper.jobs.thumbs import check_thumbnail, make_thumbnail
 from clipper.jobs.upload import Uploader
 from clipper.media.command import ChildLimits, JobControl
 from clipper.settings import Settings
+from clipper.sources.outputs import output_key, reuse_or_make
+from clipper.sources.session import SourceCache, SourceSession, explain_failure, open_source
 
 
 @dataclass
@@ -37,6 +43,7 @@ class JobContext:
     scratch: Path
     progress: Callable[[str], None]
     log: Any
+    sources: SourceCache
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,7 @@ class LocalOutput:
     height: int | None
     mode: str | None = None
     note: str | None = None
+    reused: bool = False  # kept by the cache from an earlier job (clipper.sources.outputs)
 
 
 def check_against_media(spec: JobSpec, info: MediaInfo, max_dimension: int | None = None) -> None:
@@ -91,32 +99,25 @@ def output_record(out: LocalOutput, key: str) -> dict[str, Any]:
         record["mode"] = out.mode
     if out.note:
         record["note"] = out.note
+    if out.reused:
+        record["reused"] = True
     return record
 
 
 Stage = Callable[..., AbstractContextManager[None]]
 
 
-def make_outputs(spec: JobSpec, ctx: JobContext, src: Path, info: MediaInfo, out_dir: Path,
+def make_outputs(spec: JobSpec, ctx: JobContext, session: SourceSession, info: MediaInfo, out_dir: Path,
                  stage: Stage) -> list[LocalOutput]:
-    """Every clip, then every thumbnail, made from the local copy and verified, in `out_dir`."""
-    media, threads = ctx.settings.media, ctx.settings.workers.ffmpeg_threads
+    """Every clip, then every thumbnail, made from the source (or reused) and verified, in `out_dir`."""
     out_dir.mkdir()
     local: list[LocalOutput] = []
     if spec.clips:
         with stage("clip", clips=len(spec.clips)):
-            for clip in spec.clips:
-                r = make_clip(src, info, clip, out_dir, media, threads=threads, control=ctx.control,
-                              timeout=media.stage_timeout)
-                v = r.info.video
-                local.append(LocalOutput(clip.name, "clip", r.path, clip.format, r.info.duration,
-                                         v.width if v else None, v.height if v else None, r.mode, r.note))
+            local += [_output(ctx, session, clip, info, out_dir) for clip in spec.clips]
     if spec.thumbnails:
         with stage("thumbnails", thumbnails=len(spec.thumbnails)):
-            for thumb in spec.thumbnails:
-                t = make_thumbnail(src, info, thumb, out_dir, control=ctx.control, timeout=media.stage_timeout,
-                                   threads=threads)
-                local.append(LocalOutput(thumb.name, "thumbnail", t.path, t.format, None, t.width, t.height))
+            local += [_output(ctx, session, thumb, info, out_dir) for thumb in spec.thumbnails]
     return local
 
 
@@ -139,15 +140,17 @@ def run_job(spec: JobSpec, ctx: JobContext, attempts: int) -> dict[str, Any]:
     ctx.control.limits = ChildLimits.from_settings(settings.media)
     workdir = ctx.scratch / f"{spec.id}-{uuid.uuid4().hex[:8]}"
     workdir.mkdir(parents=True)
+    session: SourceSession | None = None
     try:
         with stage("fetch", source=redact_url(spec.source)):
-            fetched = fetch_source(spec.source, workdir, settings.fetch, control=ctx.control)
-        # the budget bounds the work on the local copy; the network stages have their own timeouts
+            session = open_source(spec.source, ctx.sources, workdir, ctx.control)
+        # the budget bounds the media work; fetching has its own timeouts (fetch.timeout)
         ctx.control.start_budget(settings.media.job_timeout)
         with stage("probe"):
-            info = probe_media(fetched.path, control=ctx.control, what="probe of the source", media=settings.media)
+            info = session.probe(ctx.control, settings.media.max_source_pixels)
+            check_source_limits(info, settings.media, "probe of the source")
             check_against_media(spec, info, settings.media.max_dimension)
-        local = make_outputs(spec, ctx, fetched.path, info, workdir / "out", stage)
+        local = make_outputs(spec, ctx, session, info, workdir / "out", stage)
         ctx.control.stop_budget()
         check_owner(spec, ctx.uploader, base)  # another job may have finished meanwhile
         outputs: list[dict[str, Any]] = []
@@ -163,7 +166,7 @@ def run_job(spec: JobSpec, ctx: JobContext, attempts: int) -> dict[str, Any]:
         manifest = {
             "id": spec.id,
             "source": {"url": redact_url(spec.source), "duration": round(info.duration, 3),
-                       "format": info.format_name, "codecs": info.codecs, "bytes": fetched.bytes},
+                       "format": info.format_name, "codecs": info.codecs, **session.stats()},
             "outputs": outputs,
             "timings": timings,
             "created_at": round(time.time(), 3),
@@ -173,7 +176,49 @@ def run_job(spec: JobSpec, ctx: JobContext, attempts: int) -> dict[str, Any]:
         ctx.control.check()
         ctx.uploader.upload(manifest_path, f"{base}/manifest.json", {"job-id": spec.id, "kind": "manifest"})
         return {"id": spec.id, "status": "done", "attempts": attempts, "outputs": outputs,
-                "manifest": f"{base}/manifest.json", "timings": timings, "error": None}
+                "manifest": f"{base}/manifest.json", "source": session.stats(), "timings": timings, "error": None}
+    except (PermanentError, TransientError) as exc:
+        better = explain_failure(session, exc)
+        if better is exc:
+            raise
+        raise better from None
     finally:
+        if session is not None:
+            session.close()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _make(ctx: JobContext, src: Path | str, spec: ClipSpec | ThumbSpec, info: MediaInfo, out_dir: Path) -> LocalOutput:
+    timeout = ctx.settings.media.stage_timeout
+    threads = ctx.settings.workers.ffmpeg_threads
+    if isinstance(spec, ClipSpec):
+        r = make_clip(src, info, spec, out_dir, ctx.settings.media, threads=threads, control=ctx.control,
+                      timeout=timeout)
+        v = r.info.video
+        return LocalOutput(spec.name, "clip", r.path, spec.format, r.info.duration, v.width if v else None,
+                           v.height if v else None, r.mode, r.note)
+    t = make_thumbnail(src, info, spec, out_dir, control=ctx.control, timeout=timeout, threads=threads)
+    return LocalOutput(spec.name, "thumbnail", t.path, t.format, None, t.width, t.height)
+
+
+def _output(ctx: JobContext, session: SourceSession, spec: ClipSpec | ThumbSpec, info: MediaInfo,
+            out_dir: Path) -> LocalOutput:
+    """One clip or thumbnail: reused from the cache when it holds it for this source version."""
+    if session.version_key is None or ctx.settings.cache.output_max_bytes <= 0:
+        return _make(ctx, session.input, spec, info, out_dir)
+
+    def make() -> tuple[Path, dict[str, Any]]:
+        out = _make(ctx, session.input, spec, info, out_dir)
+        return out.path, {k: v for k, v in dataclasses.asdict(out).items() if k not in ("name", "path", "reused")}
+
+    made = _make_name(spec, out_dir)
+    key = output_key(session.version_key, spec, ctx.settings.media)
+    path, record, reused = reuse_or_make(ctx.sources.outputs, key, made, make, ctx.control)
+    return LocalOutput(spec.name, path=path, reused=reused, **record)
+
+
+def _make_name(spec: ClipSpec | ThumbSpec, out_dir: Path) -> Path:
+    """Where the stage would write this output (its name and the format's extension)."""
+    ext = CLIP_EXTENSIONS[spec.format] if isinstance(spec, ClipSpec) else THUMB_EXTENSIONS[spec.format]
+    return out_dir / f"{spec.name}.{ext}"
 

@@ -174,15 +174,15 @@ def media_info_from_json(data: dict[str, Any]) -> MediaInfo:
 _OVERSIZED_RE = re.compile(r"Picture size (\d+)x(\d+) exceeds specified max pixel count")
 
 
-def read_media_info(path: Path, format_whitelist: str, *, what: str, control: JobControl | None = None,
-                    max_pixels: int = 0) -> tuple[MediaInfo | None, str]:
-    """ffprobe `-show_format -show_streams` of a local file: (MediaInfo, "") or (None, why not).
-    The callers decide what an unreadable file means (a bad source, a bad output).
+def probe_json(path: Path | str, format_whitelist: str, *, what: str, control: JobControl | None = None,
+               max_pixels: int = 0) -> tuple[dict[str, Any] | None, str]:
+    """ffprobe `-show_format -show_streams` of a local file (or of the loopback URL a remote
+    source is read through, see clipper.sources): (its JSON, "") or (None, why not).
     `max_pixels` > 0: ffprobe's decoders refuse larger pictures instead of allocating them
     (it decodes a frame to learn the pixel format), and so does this function, naming the size."""
     pixels = ["-max_pixels", str(max_pixels)] if max_pixels else []
     result = run_command(
-        ["ffprobe", "-v", "error", *local_input_options(format_whitelist), *pixels, "-show_format", "-show_streams",
+        ["ffprobe", "-v", "error", *local_input_options(format_whitelist, path), *pixels, "-show_format", "-show_streams",
          "-of", "json", str(path)],
         what=what, timeout=PROBE_TIMEOUT, control=control, capture_stdout=True, check=False,
     )
@@ -194,24 +194,48 @@ def read_media_info(path: Path, format_whitelist: str, *, what: str, control: Jo
     if result.returncode != 0:
         return None, result.stderr_tail.splitlines()[-1] if result.stderr_tail else f"ffprobe exit {result.returncode}"
     try:
-        return media_info_from_json(json.loads(result.stdout or b"{}")), ""
+        data = json.loads(result.stdout or b"{}")
+    except ValueError as exc:
+        return None, f"ffprobe output unreadable: {exc}"
+    return (data, "") if isinstance(data, dict) else (None, "ffprobe output unreadable: not an object")
+
+
+def read_media_info(path: Path, format_whitelist: str, *, what: str, control: JobControl | None = None,
+                    max_pixels: int = 0) -> tuple[MediaInfo | None, str]:
+    """ffprobe `-show_format -show_streams` of a local file: (MediaInfo, "") or (None, why not).
+    The callers decide what an unreadable file means (a bad source, a bad output)."""
+    data, reason = probe_json(path, format_whitelist, what=what, control=control, max_pixels=max_pixels)
+    if data is None:
+        return None, reason
+    try:
+        return media_info_from_json(data), ""
     except ValueError as exc:
         return None, f"ffprobe output unreadable: {exc}"
 
 
-def probe_media(path: Path, *, control: JobControl | None = None, what: str = "probe",
-                media: MediaSettings | None = None) -> MediaInfo:
-    """Run ffprobe on a local source. Not a media file (or no audio/video stream, or no
-    duration) is a permanent error: retrying a download will not make it a video. With `media`,
-    a source beyond its limits (`check_source_limits`) is refused before anything decodes it."""
-    info, reason = read_media_info(path, SOURCE_FORMAT_WHITELIST, what=what, control=control,
-                                   max_pixels=media.max_source_pixels if media else 0)
+def source_media_info(data: dict[str, Any] | None, reason: str, what: str) -> MediaInfo:
+    """The MediaInfo of a source from its probe JSON. Not a media file (or no audio/video
+    stream, or no duration) is a permanent error: retrying a download will not make it a video."""
+    try:
+        info = media_info_from_json(data) if data is not None else None
+    except ValueError as exc:
+        info, reason = None, f"ffprobe output unreadable: {exc}"
     if info is None:
         raise PermanentError(f"{what}: not a media file we accept ({reason})")
     if info.video is None and info.audio is None:
         raise PermanentError(f"{what}: no audio or video stream in the file (format {info.format_name})")
     if info.duration <= 0:
         raise PermanentError(f"{what}: media has no duration (format {info.format_name})")
+    return info
+
+
+def probe_media(path: Path | str, *, control: JobControl | None = None, what: str = "probe",
+                media: MediaSettings | None = None) -> MediaInfo:
+    """Run ffprobe on a source (`source_media_info` says what is refused). With `media`, a
+    source beyond its limits (`check_source_limits`) is refused before anything decodes it."""
+    data, reason = probe_json(path, SOURCE_FORMAT_WHITELIST, what=what, control=control,
+                              max_pixels=media.max_source_pixels if media else 0)
+    info = source_media_info(data, reason, what)
     if media is not None:
         check_source_limits(info, media, what)
     return info
@@ -264,7 +288,7 @@ def packet_index_csv(path: Path, stream: int, lo: float | None, hi: float, entri
     ~0.1 s however long the file is (decoding with `-skip_frame nokey` costs ~1 s)."""
     interval = f"{'' if lo is None else f'{max(0.0, lo):.6f}'}%{hi:.6f}"
     result = run_command(
-        ["ffprobe", "-v", "error", *local_input_options(), "-select_streams", str(stream), "-read_intervals", interval,
+        ["ffprobe", "-v", "error", *local_input_options(src=path), "-select_streams", str(stream), "-read_intervals", interval,
          "-show_entries", f"packet={entries}", "-of", "csv=p=0", str(path)],
         what=what, timeout=timeout, control=control, capture_stdout=True,
     )

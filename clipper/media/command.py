@@ -81,6 +81,8 @@ class JobTimeLimit(PermanentError):
 # Demuxers we accept for source media. Anything else (HLS, DASH, concat, image2 with
 # patterns, ...) could make ffmpeg open other files or URLs named inside the media.
 SOURCE_FORMAT_WHITELIST = "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi,flv,mpegts,mp3,ogg,wav,aac,mpeg"
+# Where clipper.sources serves a remote source to ffmpeg (loopback only).
+LOOPBACK_URL_PREFIX = "http://127.0.0.1:"
 
 
 @dataclass
@@ -255,11 +257,14 @@ def ffmpeg_base() -> list[str]:
     return ["ffmpeg", "-nostdin", "-hide_banner", "-v", "error", "-y", "-abort_on", "empty_output"]
 
 
-def local_input_options(format_whitelist: str = SOURCE_FORMAT_WHITELIST) -> list[str]:
-    """Input options for reading a local copy of an untrusted source: only the `file`
-    protocol and only container demuxers we accept, so a playlist inside can open nothing.
-    `format_whitelist` is widened only to read back our own outputs (gif, images)."""
-    return ["-protocol_whitelist", "file", "-format_whitelist", format_whitelist]
+def local_input_options(format_whitelist: str = SOURCE_FORMAT_WHITELIST, src: Path | str | None = None) -> list[str]:
+    """Input options for reading an untrusted source: only container demuxers we accept, so a
+    playlist inside can open nothing, and one protocol: `file` for a local copy, or `http,tcp`
+    when `src` is the loopback URL clipper.sources serves the job's remote source on (ffmpeg
+    can then reach that endpoint and nothing else: no file, no other scheme; data references
+    stay off, as by default). `format_whitelist` is widened only to read back our own outputs."""
+    protocols = "http,tcp" if str(src or "").startswith(LOOPBACK_URL_PREFIX) else "file"
+    return ["-protocol_whitelist", protocols, "-format_whitelist", format_whitelist]
 
 
 # ffmpeg failures that say the machine, not the media, was the problem: worth a retry.
@@ -293,14 +298,14 @@ def seconds_arg(seconds: float) -> str:
     return text or "0"
 
 
-def seek_input(src: Path, start: float | str | None, read: float | None = None, *,
+def seek_input(src: Path | str, start: float | str | None, read: float | None = None, *,
                threads: int = 0) -> ffmpeg.nodes.FilterableStream:
     """The source as an ffmpeg-python input: input-side seek (`-ss` before `-i`, so ffmpeg
     jumps through the index; None: no seek) and the local-file whitelists. `start` in seconds,
     or already formatted; `read`: input-side `-t`, seconds of the input to read at most;
     `threads` > 0: input-side `-threads N`, which bounds the decoder's threads (the
     output-side `-threads` only bounds the encoder's)."""
-    opts = local_input_options()
+    opts = local_input_options(src=src)
     kwargs: dict[str, object] = dict(zip((o.lstrip("-") for o in opts[::2]), opts[1::2], strict=True))
     if start is not None:
         kwargs["ss"] = start if isinstance(start, str) else seconds_arg(start)

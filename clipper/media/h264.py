@@ -69,7 +69,7 @@ def read_source_headers(src: Path, stream: int, *, control: JobControl, timeout:
     """SPS/PPS from the stream's extradata and x264's settings from the first packet's SEI
     (one ffprobe reading one packet)."""
     result = run_command(
-        ["ffprobe", "-v", "error", *local_input_options(), "-select_streams", str(stream), "-read_intervals", "%+#1",
+        ["ffprobe", "-v", "error", *local_input_options(src=src), "-select_streams", str(stream), "-read_intervals", "%+#1",
          "-show_entries", "packet=data:stream=extradata", "-show_data", "-of", "json", str(src)],
         what="smart cut: stream headers", timeout=min(timeout, PROBE_TIMEOUT), control=control, capture_stdout=True,
     )

@@ -14,6 +14,8 @@ FORBIDDEN = [
     ("clipper.jobs.", "clipper.entry", "stages never import the loop"),
     ("clipper.media.", "clipper.queue", "media helpers never import the queue"),
     ("clipper.media.", "redis", "media helpers never talk to Redis"),
+    ("clipper.sources.", "clipper.queue", "the source cache never imports the queue"),
+    ("clipper.sources.", "redis", "the source cache never talks to Redis"),
     ("clipper.queue", "clipper.jobs.", "the queue never imports stages"),
     ("clipper.queue", "clipper.media.", "the queue knows no media"),
     ("clipper.daemon", "redis", "the process module never talks to Redis"),
