@@ -19,7 +19,8 @@ help:
 
 system-deps:
 	@missing=""; \
-	for tool in ffmpeg:ffmpeg ffprobe:ffmpeg redis-server:redis-server redis-cli:redis-tools wget:wget openssl:openssl; do \
+	for tool in ffmpeg:ffmpeg ffprobe:ffmpeg redis-server:redis-server redis-cli:redis-tools wget:wget openssl:openssl \
+	           systemd-analyze:systemd logrotate:logrotate; do \
 	  command -v $${tool%%:*} >/dev/null 2>&1 || missing="$$missing $${tool##*:}"; \
 	done; \
 	$(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1 || missing="$$missing python3-venv"; \

@@ -455,6 +455,28 @@ class ReliableQueue:
             "in_flight": in_flight,
         }
 
+    def depths(self) -> dict[str, int]:
+        """Items pending, held by any consumer, waiting to retry, dead: two round trips (a
+        metrics scrape asks this every few seconds)."""
+        consumers = [c.decode() for c in self.r.smembers(self.keys.consumers)]
+        pipe = self.r.pipeline(transaction=False)
+        pipe.llen(self.keys.queue)
+        pipe.zcard(self.keys.retry)
+        pipe.llen(self.keys.dead)
+        for c in consumers:
+            pipe.llen(self.keys.processing(c))
+        pending, retry, dead, *held = pipe.execute()
+        return {"pending": pending, "processing": sum(held), "retry": retry, "dead": dead}
+
+    def heartbeat_of(self, consumer: str | None = None) -> dict[str, Any] | None:
+        """A consumer's (default: ours) last heartbeat, or None once it expired."""
+        beat = self.r.get(self.keys.heartbeat(consumer or self.consumer))
+        return json.loads(beat) if beat else None
+
+    def job_record(self, job_id: str) -> dict[str, str]:
+        """Q:job:<id> as text ({} when there is none)."""
+        return {k.decode(): v.decode("utf-8", "replace") for k, v in self.r.hgetall(self.keys.job(job_id)).items()}
+
     def own_holdings(self) -> tuple[int, list[str]]:
         """How many items our processing list holds, and the job ids our heartbeat names."""
         beat = self.r.get(self.keys.heartbeat(self.consumer))

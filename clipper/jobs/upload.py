@@ -10,7 +10,9 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import socket
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Protocol
 
@@ -35,6 +37,9 @@ def content_type_for(key: str) -> str:
 class Uploader(Protocol):
     def upload(self, path: Path, key: str, metadata: dict[str, str]) -> None:
         """Put the file at `key`; OutputUnavailable when the output cannot take it now."""
+
+    def check_writable(self) -> str | None:
+        """None when the output takes a small write now, else a one-line reason (health checks)."""
 
 
 class DirUploader:
@@ -73,17 +78,31 @@ class DirUploader:
             # a full disk, a read-only or unmounted volume, permissions: the output, not the job
             raise OutputUnavailable(f"upload to {target}: {exc.strerror or exc}") from exc
 
+    def check_writable(self) -> str | None:
+        """Write and remove a small file where jobs write (created as an upload would)."""
+        probe = self.jobs_root / f".clipper-check-{uuid.uuid4().hex[:8]}"
+        try:
+            self.jobs_root.mkdir(parents=True, exist_ok=True)
+            probe.write_bytes(b"ok")
+        except OSError as exc:
+            return f"output directory {self.jobs_root} does not take a write: {exc.strerror or exc}"
+        probe.unlink(missing_ok=True)
+        return None
+
 
 class S3Uploader:
-    def __init__(self, output: OutputSettings):
+    def __init__(self, output: OutputSettings, *, attempts: int = 3, connect_timeout: float = 5, read_timeout: float = 60):
         import boto3
         from boto3.s3.transfer import TransferConfig
         from botocore.config import Config
 
         self.bucket = output.bucket or ""
+        self.prefix = output.prefix.strip("/")
+        self.endpoint = output.endpoint_url or "AWS S3"
         self.client = boto3.client(
             "s3", endpoint_url=output.endpoint_url, region_name=output.region,
-            config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=60),
+            config=Config(retries={"max_attempts": attempts, "mode": "standard"}, connect_timeout=connect_timeout,
+                          read_timeout=read_timeout),
         )
         # Multipart above 64 MiB, in 16 MiB parts: a failed part is retried alone.
         self.transfer = TransferConfig(multipart_threshold=64 * 1024**2, multipart_chunksize=16 * 1024**2,
@@ -103,6 +122,31 @@ class S3Uploader:
             raise OutputUnavailable(f"upload to s3://{self.bucket}/{key} failed: {exc}") from exc
 
 
+    def check_writable(self) -> str | None:
+        """Put a small object under the prefix (one per host, overwritten each time) and
+        remove it; the reason names what ops must fix: credentials, route, bucket, policy."""
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+        key = f"{self.prefix}/.clipper-check/{socket.gethostname()}".lstrip("/")
+        where = f"output s3://{self.bucket} at {self.endpoint}"
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=b"ok")
+        except NoCredentialsError:
+            return f"{where}: no AWS credentials found (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile or a role)"
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code == "NoSuchBucket":
+                return f"{where}: the bucket does not exist"
+            return f"{where}: write refused ({code or exc})"
+        except BotoCoreError as exc:
+            return f"{where}: unreachable ({exc})"
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+        except (ClientError, BotoCoreError):
+            pass  # a write-only policy may not allow deletes; the write is what counts
+        return None
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -111,5 +155,8 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def make_uploader(output: OutputSettings) -> Uploader:
-    return S3Uploader(output) if output.kind == "s3" else DirUploader(output.dir, output.prefix)
+def make_uploader(output: OutputSettings, *, quick: bool = False) -> Uploader:
+    """`quick`: one attempt and short timeouts, for a health check that must answer in seconds."""
+    if output.kind == "dir":
+        return DirUploader(output.dir, output.prefix)
+    return S3Uploader(output, attempts=1, connect_timeout=3, read_timeout=10) if quick else S3Uploader(output)
