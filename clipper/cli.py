@@ -136,7 +136,18 @@ def cmd_start(args: argparse.Namespace, settings: Settings) -> int:
     if not ok:
         return _fail(f"start failed: {detail}")
     print(detail)
+    _warn_about_output(settings)
     return 0
+
+
+def _warn_about_output(settings: Settings) -> None:
+    """The daemon logs it too; a terminal is where whoever just started it looks."""
+    from clipper import health
+    from clipper.jobs.upload import make_uploader
+
+    problem = health.output_problem(make_uploader(settings.output, quick=True))
+    if problem:
+        print(f"clipper: warning: {problem} (jobs will wait in the retry queue until it takes writes)", file=sys.stderr)
 
 
 def _waiting_for(queue: ReliableQueue) -> str | None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -115,6 +116,7 @@ class Metrics:
             r.register(_LiveCollector(live))
         self._totals_lock = threading.Lock()
         self._totals: collections.Counter[str] = collections.Counter()
+        self._recent: collections.deque[tuple[float, str]] = collections.deque()  # (monotonic, outcome) of the last minute
         self._server: Any = None
 
     # -- what happened -------------------------------------------------------------------------
@@ -126,6 +128,8 @@ class Metrics:
             self._job_seconds.labels(outcome).observe(max(0.0, seconds))
         with self._totals_lock:
             self._totals[outcome] += 1
+            if outcome in ("done", "dead"):
+                self._recent.append((time.monotonic(), outcome))
 
     def job_failed(self, kind: str) -> None:
         self._failures.labels(bounded(kind, FAILURE_KINDS)).inc()
@@ -150,6 +154,15 @@ class Metrics:
         """Since start, for the heartbeat: done, failed (dead-lettered), retried."""
         with self._totals_lock:
             return {"done": self._totals["done"], "failed": self._totals["dead"], "retried": self._totals["retried"]}
+
+    def last_minute(self, now: float | None = None) -> dict[str, int]:
+        """Jobs done and failed in the last 60 s (the live view's throughput)."""
+        now = time.monotonic() if now is None else now
+        with self._totals_lock:
+            while self._recent and self._recent[0][0] < now - 60:
+                self._recent.popleft()
+            outcomes = collections.Counter(outcome for _, outcome in self._recent)
+        return {"done": outcomes["done"], "failed": outcomes["dead"]}
 
     # -- the endpoint --------------------------------------------------------------------------
     def serve(self, address: str, port: int) -> None:

@@ -364,8 +364,23 @@ class ReliableQueue:
             keys=[self.processing, self.keys.queue, self.keys.job(job_id), self.keys.events],
             args=[raw, _now(), _event(job_id, "queued"), "1" if uncount else "0"])))
 
-    def set_progress(self, job_id: str, progress: str) -> None:
-        self.r.hset(self.keys.job(job_id), mapping={"progress": progress, "updated_at": _now()})
+    def set_progress(self, job_id: str, stage: str, percent: float | None = None, eta: float | None = None) -> None:
+        """A running job's stage, percent done and seconds left (when known) in its record, and
+        the same as an event (status "running") on Q:events: one round trip."""
+        now, key = _now(), self.keys.job(job_id)
+        fields: dict[str, Any] = {"progress": stage, "updated_at": now}
+        extra: dict[str, Any] = {"progress": stage}
+        if percent is not None:
+            fields["percent"] = extra["percent"] = percent
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hset(key, mapping=fields)
+        if eta is not None:
+            pipe.hset(key, "eta", eta)
+            extra["eta"] = eta
+        else:
+            pipe.hdel(key, "eta")
+        pipe.publish(self.keys.events, _event(job_id, "running", **extra))
+        pipe.execute()
 
     # -- maintenance -------------------------------------------------------------------------
     def promote_due(self, limit: int = 100) -> list[str]:

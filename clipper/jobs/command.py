@@ -1,6 +1,7 @@
 """Running ffprobe/ffmpeg: one process group per command, a timeout, no unread pipe,
 the stderr tail kept for the error message, and a per-job control that lets the main thread
-kill every process group of a job at the shutdown deadline.
+kill every process group of a job at the shutdown deadline, and through which the job hears
+of ffmpeg's progress and the loop of failed subprocesses.
 """
 
 from __future__ import annotations
@@ -12,13 +13,15 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import ffmpeg
 
 from clipper.errors import Cancelled, EmptyOutput, PermanentError, TransientError
+from clipper.jobs.progress import PROGRESS_OPTIONS, FfmpegProgress, parse_progress
 
 STDERR_TAIL_BYTES = 2000
 
@@ -38,6 +41,10 @@ class JobControl:
 
     job_id: str = ""
     cancelled: threading.Event = field(default_factory=threading.Event)
+    # ffmpeg's reports while the job watches them (set around an encode; None: not asked)
+    progress: Callable[[FfmpegProgress], None] | None = None
+    # (program, reason) of each subprocess that failed: "exit", "signal", "timeout", "cancelled"
+    failed: Callable[[str, str], None] | None = None
     _procs: set[subprocess.Popen] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -88,12 +95,14 @@ def run_command(
     capture_stdout: bool = False,
     failure: type[PermanentError] | type[TransientError] = PermanentError,
     check: bool = True,
+    progress: Callable[[FfmpegProgress], None] | None = None,
 ) -> CommandResult:
     """Run `cmd` in its own process group (start_new_session: a kill reaches ffmpeg's children
     too, and a Ctrl-C on the terminal does not reach it before the daemon decides).
 
     stderr goes to an unlinked temporary file rather than a pipe, so a chatty process can never
-    block on a full pipe and memory stays bounded; stdout is read only when asked for.
+    block on a full pipe and memory stays bounded; stdout is read only when asked for, or by a
+    thread that parses `-progress` reports (`progress`) and never stops draining the pipe.
     """
     if control is not None:
         control.check()
@@ -103,7 +112,7 @@ def run_command(
             proc = subprocess.Popen(
                 [*_PDEATHSIG, *cmd],
                 stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE if capture_stdout else subprocess.DEVNULL,
+                stdout=subprocess.PIPE if capture_stdout or progress else subprocess.DEVNULL,
                 stderr=err,
                 start_new_session=True,
                 close_fds=True,
@@ -113,16 +122,7 @@ def run_command(
         if control is not None:
             control._register(proc)
         try:
-            try:
-                stdout, _ = proc.communicate(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                _kill_group(proc)
-                proc.communicate()
-                raise TransientError(f"{what} timed out after {timeout:g} s") from None
-            except BaseException:
-                _kill_group(proc)
-                proc.communicate()
-                raise
+            stdout = _wait(proc, timeout, what, progress, _failed_hook(control, cmd[0]))
         finally:
             if control is not None:
                 control._unregister(proc)
@@ -131,12 +131,69 @@ def run_command(
         err.seek(max(0, size - STDERR_TAIL_BYTES))
         tail = err.read().decode("utf-8", "replace").strip()
     result = CommandResult(proc.returncode, stdout or b"", tail, time.monotonic() - started)
+    if proc.returncode != 0 and control is not None and control.failed is not None:
+        cancelled = control.cancelled.is_set()
+        control.failed(cmd[0], "cancelled" if cancelled else "signal" if proc.returncode < 0 else "exit")
     if control is not None:
         control.check()  # killed by shutdown: not a failure of the job
     if check and proc.returncode != 0:
         last = tail.splitlines()[-3:] if tail else []
         raise failure(f"{what} failed (exit {proc.returncode}): {' | '.join(last) or 'no error output'}")
     return result
+
+
+def _failed_hook(control: JobControl | None, program: str) -> Callable[[str], None]:
+    def report(reason: str) -> None:
+        if control is not None and control.failed is not None:
+            control.failed(program, reason)
+    return report
+
+
+def _wait(proc: subprocess.Popen, timeout: float, what: str, progress: Callable[[FfmpegProgress], None] | None,
+          failed: Callable[[str], None]) -> bytes | None:
+    """Wait for `proc` (reading stdout as asked); on timeout or any interruption kill its group."""
+    reader = None
+    if progress is not None and proc.stdout is not None:
+        reader = threading.Thread(target=_read_progress, args=(proc.stdout, progress), daemon=True,
+                                  name="ffmpeg-progress")
+        reader.start()
+    try:
+        if reader is not None:
+            proc.wait(timeout=timeout)
+            return None
+        stdout, _ = proc.communicate(timeout=timeout)
+        return stdout
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        _reap(proc, reader)
+        failed("timeout")
+        raise TransientError(f"{what} timed out after {timeout:g} s") from None
+    except BaseException:
+        _kill_group(proc)
+        _reap(proc, reader)
+        raise
+    finally:
+        if reader is not None:
+            reader.join()
+            proc.stdout.close()  # type: ignore[union-attr]
+
+
+def _reap(proc: subprocess.Popen, reader: threading.Thread | None) -> None:
+    if reader is not None:
+        proc.wait()
+    else:
+        proc.communicate()
+
+
+def _read_progress(stream: IO[bytes], report: Callable[[FfmpegProgress], None]) -> None:
+    """Parse reports until ffmpeg closes stdout; a failing listener never stops the draining
+    (ffmpeg would block on a full pipe)."""
+    lines: Iterable[str] = (line.decode("utf-8", "replace") for line in stream)
+    for p in parse_progress(lines):
+        try:
+            report(p)
+        except Exception:  # noqa: BLE001, S112 - progress is informative
+            continue
 
 
 def ffmpeg_base() -> list[str]:
@@ -162,7 +219,10 @@ def run_ffmpeg(cmd: Sequence[str], *, what: str, timeout: float, control: JobCon
     operator) or out of disk/memory is transient; any other non-zero exit is a property of
     the media and the command, so retrying cannot help (permanent). Timeouts and shutdown
     are handled by run_command (TransientError, Cancelled)."""
-    result = run_command(cmd, what=what, timeout=timeout, control=control, check=False)
+    watch = control.progress if control is not None else None
+    if watch is not None:  # global options: right after the program name
+        cmd = [cmd[0], *PROGRESS_OPTIONS, *cmd[1:]]
+    result = run_command(cmd, what=what, timeout=timeout, control=control, check=False, progress=watch)
     if result.returncode == 0:
         return result
     last = " | ".join(result.stderr_tail.splitlines()[-3:]) or "no error output"

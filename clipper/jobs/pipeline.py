@@ -22,10 +22,15 @@ from clipper.jobs.clip import check_streams, make_clip, resolve_range
 from clipper.jobs.command import JobControl
 from clipper.jobs.fetch import fetch_source
 from clipper.jobs.probe import MediaInfo, probe_media
+from clipper.jobs.progress import THUMBNAIL_WEIGHT, JobProgress
 from clipper.jobs.spec import JobSpec, redact_url
 from clipper.jobs.thumbs import check_thumbnail, make_thumbnail
 from clipper.jobs.upload import Uploader
+from clipper.metrics import Metrics
 from clipper.settings import Settings
+
+# (stage, percent done of the job or None, seconds left or None): the loop's way to the job's record
+ProgressCallback = Callable[[str, float | None, float | None], None]
 
 
 @dataclass
@@ -34,8 +39,9 @@ class JobContext:
     uploader: Uploader
     control: JobControl
     scratch: Path
-    progress: Callable[[str], None]
+    progress: ProgressCallback
     log: Any
+    metrics: Metrics
 
 
 @dataclass(frozen=True)
@@ -55,14 +61,18 @@ def failed_result(job_id: str, attempts: int, error: dict[str, str]) -> dict[str
     return {"id": job_id, "status": "failed", "attempts": attempts, "outputs": [], "timings": {}, "error": error}
 
 
-def check_against_media(spec: JobSpec, info: MediaInfo) -> None:
+def check_against_media(spec: JobSpec, info: MediaInfo) -> list[float]:
     """Fail before any work when one of the outputs cannot be made from this media (the same
-    checks each stage makes, so a bad last clip does not cost the encodes before it)."""
+    checks each stage makes, so a bad last clip does not cost the encodes before it). Returns
+    each output's share of the work, for progress: clips their seconds, then the thumbnails."""
+    weights = []
     for clip in spec.clips:
-        resolve_range(clip, info)
+        weights.append(resolve_range(clip, info).duration)
         check_streams(clip, info)
     for thumb in spec.thumbnails:
         check_thumbnail(thumb, info)
+        weights.append(THUMBNAIL_WEIGHT)
+    return weights
 
 
 def _sha256(path: Path) -> str:
@@ -94,39 +104,26 @@ def run_job(spec: JobSpec, ctx: JobContext, attempts: int) -> dict[str, Any]:
     @contextmanager
     def stage(name: str, **fields: Any) -> Iterator[None]:
         ctx.control.check()
-        ctx.progress(name)
+        ctx.progress(name, None, None)
         t0 = time.monotonic()
         yield
-        timings[name] = round(timings.get(name, 0.0) + time.monotonic() - t0, 3)
-        ctx.log.debug("job.stage", stage=name, seconds=round(time.monotonic() - t0, 3), **fields)
+        seconds = time.monotonic() - t0
+        timings[name] = round(timings.get(name, 0.0) + seconds, 3)
+        ctx.metrics.stage_finished(name, seconds)
+        ctx.log.debug("job.stage", stage=name, seconds=round(seconds, 3), **fields)
 
     workdir = ctx.scratch / f"{spec.id}-{uuid.uuid4().hex[:8]}"
     workdir.mkdir(parents=True)
     try:
         with stage("fetch", source=redact_url(spec.source)):
-            fetched = fetch_source(spec.source, workdir, settings.fetch, cancelled=ctx.control.cancelled)
+            fetched = fetch_source(spec.source, workdir, settings.fetch, cancelled=ctx.control.cancelled,
+                                   progress=lambda _received: ctx.progress("fetch", None, None))
+        ctx.metrics.fetched(fetched.bytes)
         with stage("probe"):
             info = probe_media(fetched.path, control=ctx.control, what="probe of the source")
-            check_against_media(spec, info)
-        out_dir = workdir / "out"
-        out_dir.mkdir()
-        local: list[LocalOutput] = []
-        timeout = settings.media.stage_timeout
-        threads = settings.workers.ffmpeg_threads
-        if spec.clips:
-            with stage("clip", clips=len(spec.clips)):
-                for clip in spec.clips:
-                    r = make_clip(fetched.path, info, clip, out_dir, settings.media, threads=threads,
-                                  control=ctx.control, timeout=timeout)
-                    v = r.info.video
-                    local.append(LocalOutput(clip.name, "clip", r.path, clip.format, r.info.duration,
-                                             v.width if v else None, v.height if v else None, r.mode, r.note))
-        if spec.thumbnails:
-            with stage("thumbnails", thumbnails=len(spec.thumbnails)):
-                for thumb in spec.thumbnails:
-                    t = make_thumbnail(fetched.path, info, thumb, out_dir, control=ctx.control, timeout=timeout,
-                                       threads=threads)
-                    local.append(LocalOutput(thumb.name, "thumbnail", t.path, t.format, None, t.width, t.height))
+            weights = check_against_media(spec, info)
+        tracker = JobProgress(weights, lambda r: ctx.progress(r.stage, r.percent, r.eta))
+        local = _make_outputs(spec, ctx, fetched.path, info, workdir, iter(weights), tracker, stage)
         base = spec.output_dir_key(settings.output.prefix)
         outputs: list[dict[str, Any]] = []
         with stage("upload", outputs=len(local)):
@@ -135,6 +132,7 @@ def run_job(spec: JobSpec, ctx: JobContext, attempts: int) -> dict[str, Any]:
                 ctx.control.check()
                 ctx.uploader.upload(out.path, key, {"job-id": spec.id, "name": out.name, "kind": out.kind})
                 outputs.append(output_record(out, key))
+                ctx.metrics.uploaded(outputs[-1]["bytes"])
         # The manifest goes last, so its presence means the set is complete; it carries the same
         # timings as the result (its own small upload is not counted in either).
         timings["total"] = round(time.monotonic() - started, 3)
@@ -150,8 +148,44 @@ def run_job(spec: JobSpec, ctx: JobContext, attempts: int) -> dict[str, Any]:
         manifest_path.write_text(json.dumps(manifest, indent=2))
         ctx.control.check()
         ctx.uploader.upload(manifest_path, f"{base}/manifest.json", {"job-id": spec.id, "kind": "manifest"})
+        ctx.metrics.uploaded(manifest_path.stat().st_size)
         return {"id": spec.id, "status": "done", "attempts": attempts, "outputs": outputs,
                 "manifest": f"{base}/manifest.json", "timings": timings, "error": None}
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
+
+def _make_outputs(spec: JobSpec, ctx: JobContext, src: Path, info: MediaInfo, workdir: Path, weights: Iterator[float],
+                  tracker: JobProgress, stage: Callable[..., Any]) -> list[LocalOutput]:
+    """The clips, then the thumbnails, each from the local copy; ffmpeg's reports move the
+    job's progress while each is made."""
+    out_dir = workdir / "out"
+    out_dir.mkdir()
+    local: list[LocalOutput] = []
+    timeout = ctx.settings.media.stage_timeout
+    threads = ctx.settings.workers.ffmpeg_threads
+    try:
+        if spec.clips:
+            with stage("clip", clips=len(spec.clips)):
+                for clip in spec.clips:
+                    tracker.begin("clip", next(weights))
+                    ctx.control.progress = tracker.ffmpeg
+                    r = make_clip(src, info, clip, out_dir, ctx.settings.media, threads=threads,
+                                  control=ctx.control, timeout=timeout)
+                    tracker.finish()
+                    ctx.metrics.clip_made(r.mode, clip.format)
+                    v = r.info.video
+                    local.append(LocalOutput(clip.name, "clip", r.path, clip.format, r.info.duration,
+                                             v.width if v else None, v.height if v else None, r.mode, r.note))
+        if spec.thumbnails:
+            with stage("thumbnails", thumbnails=len(spec.thumbnails)):
+                for thumb in spec.thumbnails:
+                    tracker.begin("thumbnails", next(weights))
+                    ctx.control.progress = None  # one frame: nothing to report on the way
+                    t = make_thumbnail(src, info, thumb, out_dir, control=ctx.control, timeout=timeout,
+                                       threads=threads)
+                    tracker.finish()
+                    local.append(LocalOutput(thumb.name, "thumbnail", t.path, t.format, None, t.width, t.height))
+    finally:
+        ctx.control.progress = None
+    return local

@@ -130,14 +130,16 @@ class S3Uploader:
         key = f"{self.prefix}/.clipper-check/{socket.gethostname()}".lstrip("/")
         where = f"output s3://{self.bucket} at {self.endpoint}"
         try:
+            # HEAD first: some stores (SeaweedFS) create a missing bucket on the first write
+            self.client.head_bucket(Bucket=self.bucket)
             self.client.put_object(Bucket=self.bucket, Key=key, Body=b"ok")
         except NoCredentialsError:
             return f"{where}: no AWS credentials found (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile or a role)"
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
-            if code == "NoSuchBucket":
+            if code in ("404", "NoSuchBucket"):
                 return f"{where}: the bucket does not exist"
-            return f"{where}: write refused ({code or exc})"
+            return f"{where}: access refused ({code or exc}): check the credentials and the bucket policy"
         except BotoCoreError as exc:
             return f"{where}: unreachable ({exc})"
         try:
