@@ -52,3 +52,15 @@ def test_check_and_start_name_a_missing_bucket_and_a_stopped_s3(clipper: Clipper
         assert "unreachable" in unhealthy(clipper, CLIPPER_OUTPUT__BUCKET=s3_server.bucket)
     finally:
         s3_server.start()
+
+
+def test_check_calls_a_worker_without_progress_stuck(clipper: ClipperHarness, http) -> None:
+    # a source that sends 1 KiB and then nothing for a minute: the worker waits in a read
+    clipper.configure(**{"media.stage_timeout": 1, "fetch.timeout": 120, "fetch.connect_timeout": 120,
+                         "daemon.stop_timeout": 1, "redis.heartbeat_ttl": 3})
+    clipper.start()
+    clipper.push({"id": "stuck", "source": http.url("/slow/sample.mp4?bps=20"), "clips": [{"name": "a", "start": 0, "end": 1}]})
+    clipper.wait_job("stuck", ("running",))
+    clipper.wait_until(lambda: check(clipper).returncode != 0, 30, "the check to call the worker stuck")
+    reason = unhealthy(clipper)
+    assert "stuck" in reason and "job stuck" in reason and "media.stage_timeout" in reason
