@@ -1,9 +1,11 @@
 """The running daemon's /metrics, scraped over HTTP and parsed with prometheus_client's own
 parser while jobs run, succeed, retry and fail: counters and histograms move as the jobs do,
-queue depths come from Redis, and no label carries a job id or a URL."""
+queue depths come from Redis, and no label carries a job id or a URL. The same daemon's
+heartbeat counters in `clipper stats`, and `clipper job` for humans and scripts."""
 
 from __future__ import annotations
 
+import json
 import urllib.request
 from typing import TYPE_CHECKING
 
@@ -71,3 +73,13 @@ def test_metrics_move_as_jobs_run_and_fail(clipper: ClipperHarness, http) -> Non
     assert value(end, "clipper_jobs_in_flight") == 0
     leaks = [v for v in labels if "m-" in v or "://" in v or "/" in v or "short.mp4" in v]
     assert not leaks, leaks
+
+    stats = json.loads(clipper.cli("stats", "test", "--json").stdout)
+    assert stats["consumers"][0]["counters"] == {"done": 2, "failed": 1, "retried": 1}
+    assert "done 2  failed 1  retried 1" in clipper.cli("stats", "test").stdout
+    human = clipper.cli("job", "test", "m-bad")
+    assert human.returncode == 0 and "status      failed" in human.stdout and "error       permanent:" in human.stdout
+    doc = json.loads(clipper.cli("job", "test", "m-flaky", "--json").stdout)
+    assert doc["status"] == "done" and doc["attempts"] == 2 and doc["result"]["outputs"][0]["name"] == "a"
+    missing = clipper.cli("job", "test", "no-such-job")
+    assert missing.returncode == 1 and "no record of job 'no-such-job'" in missing.stderr
