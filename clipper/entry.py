@@ -15,22 +15,23 @@ import shutil
 import signal
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import redis
 
-from clipper import __version__, health, logs
+from clipper import __version__, logs
 from clipper.daemon import Readiness
 from clipper.errors import Cancelled, OutputUnavailable, PermanentError, TransientError
 from clipper.jobs.command import JobControl
 from clipper.jobs.pipeline import JobContext, failed_result, run_job
-from clipper.jobs.progress import REPORT_EVERY
 from clipper.jobs.spec import JobSpec, job_id_for_raw, parse_message, reply_to_for_raw
 from clipper.jobs.upload import make_uploader
-from clipper.metrics import LiveSources, Metrics
+from clipper.metrics import Metrics
+from clipper.observer import Observer
 from clipper.queue import ReliableQueue, backoff_delay, connect_redis, default_consumer_id, redis_trouble
 from clipper.settings import Settings
 
@@ -52,7 +53,6 @@ class Outcome:
     uncount: bool = False  # requeue/retry: this attempt is not counted (our shutdown, the output's outage)
     output_down: bool = False  # retry: the output could not take the upload
     reason: str | None = None  # requeue: why, for the log
-    seconds: float | None = None  # how long the attempt ran (None: it never started)
 
 
 @dataclass
@@ -61,9 +61,6 @@ class InFlight:
     job_id: str
     attempts: int
     control: JobControl
-    progress_at: float = field(default_factory=time.time)  # last sign of progress (health: stuck?)
-    stage: str | None = None
-    reported_at: float = 0.0
 
 
 def redis_durability_warnings(client: redis.Redis) -> list[str]:
@@ -85,10 +82,11 @@ def redis_durability_warnings(client: redis.Redis) -> list[str]:
 class Worker:
     """Runs one job on a pool thread and says what should happen to its item."""
 
-    def __init__(self, settings: Settings, queue: ReliableQueue, scratch: Path, metrics: Metrics):
+    def __init__(self, settings: Settings, scratch: Path, progress: Callable[[str, str, float | None, float | None], None],
+                 metrics: Metrics):
         self.settings = settings
-        self.queue = queue
         self.scratch = scratch
+        self.progress = progress  # (job_id, stage, percent, eta): informative, must not fail the job
         self.metrics = metrics
         self.uploader = make_uploader(settings.output)
 
@@ -99,23 +97,22 @@ class Worker:
         try:
             spec = parse_message(item.raw, self.settings.media)
             ctx = JobContext(settings=self.settings, uploader=self.uploader, control=item.control, scratch=self.scratch,
-                             progress=lambda stage, percent, eta: self._progress(item, stage, percent, eta), log=log,
-                             metrics=self.metrics)
+                             progress=lambda stage, percent, eta: self.progress(item.job_id, stage, percent, eta),
+                             log=log, metrics=self.metrics)
             result = run_job(spec, ctx, item.attempts)
             log.info("job.done", seconds=round(time.monotonic() - started, 3), outputs=len(result["outputs"]),
                      timings=result["timings"])
-            return Outcome("ack", item.raw, item.job_id, result=result, reply_to=spec.reply_to, attempts=item.attempts,
-                           seconds=time.monotonic() - started)
+            return Outcome("ack", item.raw, item.job_id, result=result, reply_to=spec.reply_to, attempts=item.attempts)
         except Cancelled:
             log.warning("job.cancelled", seconds=round(time.monotonic() - started, 3))
             return Outcome("requeue", item.raw, item.job_id, attempts=item.attempts, uncount=True,
-                           reason="cancelled at the stop deadline", seconds=time.monotonic() - started)
+                           reason="cancelled at the stop deadline")
         except OutputUnavailable as exc:
             message = logs.scrub(str(exc))
             log.warning("job.retry", error=message, reason="output unavailable", seconds=round(time.monotonic() - started, 3))
             # the delay is the main loop's to set: it pauses claiming for the whole daemon
             return Outcome("retry", item.raw, item.job_id, error={"kind": "transient", "message": message},
-                           attempts=item.attempts, uncount=True, output_down=True, seconds=time.monotonic() - started)
+                           attempts=item.attempts, uncount=True, output_down=True)
         except PermanentError as exc:
             return self._failed(item, spec, "permanent", str(exc), log, started)
         except TransientError as exc:
@@ -134,29 +131,12 @@ class Worker:
             r = self.settings.retry
             delay = backoff_delay(item.attempts, r.backoff_base, r.backoff_max)
             log.warning("job.retry", error=message, delay=round(delay, 3), seconds=seconds)
-            return Outcome("retry", item.raw, item.job_id, delay=delay, error=error, attempts=item.attempts,
-                           seconds=time.monotonic() - started)
+            return Outcome("retry", item.raw, item.job_id, delay=delay, error=error, attempts=item.attempts)
         if kind == "transient":
             error = {"kind": kind, "message": f"gave up after {item.attempts} attempts (retry.max_attempts): {message}"}
         log.error("job.dead", error=error["message"], kind=kind, seconds=seconds)
         result = failed_result(item.job_id, item.attempts, error)
-        return Outcome("bury", item.raw, item.job_id, result=result, reply_to=reply_to, error=error, attempts=item.attempts,
-                       seconds=time.monotonic() - started)
-
-    def _progress(self, item: InFlight, stage: str, percent: float | None, eta: float | None) -> None:
-        """Every call is a sign of life (health: not stuck); Redis hears of a new stage or a new
-        percent, and of a long fetch's bytes once a second."""
-        now = time.time()
-        item.progress_at = now
-        if percent is None and stage == item.stage and now - item.reported_at < REPORT_EVERY:
-            return
-        if item.stage is None and percent is None:
-            percent = 0.0  # a retried job's record still holds the last attempt's percent
-        item.stage, item.reported_at = stage, now
-        try:
-            self.queue.set_progress(item.job_id, stage, percent, eta)
-        except redis.RedisError:
-            pass  # progress is informative; the outcome is what must not be lost
+        return Outcome("bury", item.raw, item.job_id, result=result, reply_to=reply_to, error=error, attempts=item.attempts)
 
 
 class Entry:
@@ -186,9 +166,9 @@ class Entry:
         self.output_paused_until = 0.0
         self._next = {"heartbeat": 0.0, "promote": 0.0, "reap": 0.0}
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="clipper-worker")
-        self.metrics = Metrics(LiveSources(workers=self.workers, in_flight=lambda: len(self.in_flight),
-                                           breaker=self.breaker_state, queue_depths=self.queue.depths))
-        self._worker = Worker(settings, self.queue, self.scratch, self.metrics)
+        self.observer = Observer(settings, self.queue, self.workers, in_flight=lambda: len(self.in_flight),
+                                 breaker=self.breaker_state)
+        self._worker = Worker(settings, self.scratch, self.observer.progress, self.observer.metrics)
 
     # -- signals (main thread only) --------------------------------------------------------------
     def install_signals(self) -> None:
@@ -219,27 +199,13 @@ class Entry:
         self.queue.r.ping()
         for warning in redis_durability_warnings(self.queue.r):
             self.log.warning("redis.durability", warning=warning)
-        problem = health.output_problem(make_uploader(self.settings.output, quick=True))
-        if problem:  # jobs would wait in Q:retry for it: say so now, not at the first upload
-            self.log.warning("output.unwritable", reason=problem)
-        self._serve_metrics()
+        self.observer.start(self.log)
         shutil.rmtree(self.scratch, ignore_errors=True)  # a crashed predecessor's downloads
         self.scratch.mkdir(parents=True, exist_ok=True)
         for job_id in self.queue.recover_own():
             self.log.warning("job.requeued", job_id=job_id, reason="recovered at start (left by a crashed run)")
         self._heartbeat()
         self._maintain(force=True)
-
-    def _serve_metrics(self) -> None:
-        m = self.settings.metrics
-        if not m.enabled:
-            return
-        try:
-            self.metrics.serve(m.address, m.port)
-        except OSError as exc:
-            raise OSError(f"cannot serve metrics on {m.address}:{m.port}: {exc.strerror or exc} "
-                          "(metrics.address, metrics.port, metrics.enabled)") from None
-        self.log.info("metrics.serving", address=m.address, port=m.port)
 
     def run(self) -> int:
         """The loop, after `prepare()` succeeded (errors there mean "cannot start")."""
@@ -306,7 +272,7 @@ class Entry:
         except redis.RedisError as exc:
             attempts = 1  # counted as best we can; the item is safe in our processing list
             self.log.error("job.count_failed", job_id=job_id, error=str(exc))
-        item = InFlight(raw, job_id, attempts, JobControl(job_id, failed=self.metrics.subprocess_failed))
+        item = InFlight(raw, job_id, attempts, JobControl(job_id, failed=self.observer.metrics.subprocess_failed))
         log = self.log.bind(job_id=job_id, attempt=attempts)
         if attempts > self.settings.retry.max_attempts:
             # It was claimed this often without an outcome: it kills the daemon (or a worker).
@@ -317,6 +283,7 @@ class Entry:
                                          error=error, attempts=attempts, reply_to=reply_to_for_raw(raw)))
             return
         log.info("job.claimed", in_flight=len(self.in_flight) + 1, workers=self.workers)
+        self.observer.claimed(job_id)
         future = self._pool.submit(self._worker, item)
         self.in_flight[future] = item
         self._next["heartbeat"] = 0.0  # `clipper stats` shows in-flight jobs without delay
@@ -325,6 +292,7 @@ class Entry:
     def _collect_finished(self) -> None:
         for future in [f for f in self.in_flight if f.done()]:
             item = self.in_flight.pop(future)
+            self.observer.collected(item.job_id)
             self._next["heartbeat"] = 0.0
             try:
                 self.outcomes.append(future.result())
@@ -379,7 +347,7 @@ class Entry:
                 self.log.error("job.record_failed", job_id=o.job_id, outcome=o.kind, error=str(exc))
                 self.queue.bury_as_is(o.raw, o.job_id, f"cannot record the outcome ({o.kind}) in Redis: {exc}",
                                       o.attempts)
-                self.metrics.job_finished("dead", o.seconds)
+                self.observer.recorded(o.job_id, "dead")
             self.outcomes.popleft()
 
     def _record(self, o: Outcome) -> None:
@@ -395,9 +363,8 @@ class Entry:
             self.log.info("job.requeued", job_id=o.job_id, reason=o.reason)
         if not replied:
             self.log.warning("job.reply_skipped", job_id=o.job_id, reply_to=o.reply_to, reason=REPLY_SKIPPED)
-        self.metrics.job_finished(METRIC_OUTCOMES[o.kind], o.seconds)
-        if o.error:
-            self.metrics.job_failed("output" if o.output_down else o.error.get("kind", "transient"))
+        failure = ("output" if o.output_down else (o.error or {}).get("kind", "transient")) if o.error else None
+        self.observer.recorded(o.job_id, METRIC_OUTCOMES[o.kind], failure)
 
     def _maintain(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -426,12 +393,10 @@ class Entry:
             self.log.warning("job.requeued", job_id=job_id, reason="held by this daemon but by no worker")
 
     def _heartbeat(self) -> None:
-        items = list(self.in_flight.values())
         self.queue.heartbeat(self.settings.redis.heartbeat_ttl, {
-            "pid": os.getpid(), "workers": self.workers, "in_flight": len(items),
-            "jobs": [i.job_id for i in items], "stopping": self.stopping, "at": round(time.time(), 3),
-            "counters": self.metrics.totals(), "last_minute": self.metrics.last_minute(),
-            "progress_at": {i.job_id: round(i.progress_at, 3) for i in items},
+            "pid": os.getpid(), "workers": self.workers, "in_flight": len(self.in_flight),
+            "jobs": [i.job_id for i in self.in_flight.values()], "stopping": self.stopping, "at": round(time.time(), 3),
+            **self.observer.heartbeat_fields(),
         })
 
     def _redis_trouble(self, exc: Exception) -> None:
@@ -490,7 +455,7 @@ class Entry:
 
     def _finish(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
-        self.metrics.close()
+        self.observer.close()
         try:
             self.queue.leave()
         except redis.RedisError as exc:
