@@ -34,7 +34,8 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
-def test_metrics_move_as_jobs_run_and_fail(clipper: ClipperHarness, http) -> None:
+def test_metrics_move_as_jobs_run_and_fail(clipper_factory, http) -> None:
+    clipper: ClipperHarness = clipper_factory()
     port = free_port()
     clipper.configure(**{"workers.count": 2, "metrics.enabled": True, "metrics.port": port,
                          "retry.max_attempts": 3, "retry.backoff_base": 0.2, "retry.backoff_max": 0.5})
@@ -83,3 +84,8 @@ def test_metrics_move_as_jobs_run_and_fail(clipper: ClipperHarness, http) -> Non
     assert doc["status"] == "done" and doc["attempts"] == 2 and doc["result"]["outputs"][0]["name"] == "a"
     missing = clipper.cli("job", "test", "no-such-job")
     assert missing.returncode == 1 and "no record of job 'no-such-job'" in missing.stderr
+
+    # a second daemon on the same metrics port does not start, and says why
+    other = clipper_factory(**{"metrics.enabled": True, "metrics.port": port})
+    refused = other.cli("start", "test")
+    assert refused.returncode == 1 and f"cannot serve metrics on 127.0.0.1:{port}" in refused.stderr, refused.stderr
