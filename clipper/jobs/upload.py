@@ -79,13 +79,18 @@ class DirUploader:
             raise OutputUnavailable(f"upload to {target}: {exc.strerror or exc}") from exc
 
     def check_writable(self) -> str | None:
-        """Write and remove a small file where jobs write (created as an upload would)."""
-        probe = self.jobs_root / f".clipper-check-{uuid.uuid4().hex[:8]}"
+        """Write and remove a small file where jobs write (or, before the first job made it,
+        in the root under which an upload creates it); nothing else is created."""
+        if self.jobs_root.exists() and not self.jobs_root.is_dir():
+            return f"output path {self.jobs_root} is not a directory"
+        where = self.jobs_root if self.jobs_root.is_dir() else self.root
+        if not where.is_dir():
+            return f"output directory {where} does not exist"
+        probe = where / f".clipper-check-{uuid.uuid4().hex[:8]}"
         try:
-            self.jobs_root.mkdir(parents=True, exist_ok=True)
             probe.write_bytes(b"ok")
         except OSError as exc:
-            return f"output directory {self.jobs_root} does not take a write: {exc.strerror or exc}"
+            return f"output directory {where} does not take a write: {exc.strerror or exc}"
         probe.unlink(missing_ok=True)
         return None
 
