@@ -18,9 +18,11 @@ from typing import Any
 import redis
 
 from clipper import health
-from clipper.jobs.progress import REPORT_EVERY
+from clipper.daemon import CannotStart
 from clipper.jobs.upload import make_uploader
+from clipper.media.progress import REPORT_EVERY
 from clipper.metrics import LiveSources, Metrics
+from clipper.policy import Ack, Bury, Outcome, Requeue, Retry
 from clipper.queue import ReliableQueue
 from clipper.settings import Settings
 
@@ -53,8 +55,8 @@ class Observer:
         try:
             self.metrics.serve(m.address, m.port)
         except OSError as exc:
-            raise OSError(f"cannot serve metrics on {m.address}:{m.port}: {exc.strerror or exc} "
-                          "(metrics.address, metrics.port, metrics.enabled)") from None
+            raise CannotStart(f"cannot serve metrics on {m.address}:{m.port}: {exc.strerror or exc} "
+                              "(metrics.address, metrics.port, metrics.enabled)") from None
         log.info("metrics.serving", address=m.address, port=m.port)
 
     def close(self) -> None:
@@ -75,11 +77,12 @@ class Observer:
             self._progress_at.pop(job_id, None)
             self._reported.pop(job_id, None)
 
-    def recorded(self, job_id: str, outcome: str, failure: str | None = None) -> None:
-        """An outcome is in Redis: `outcome` done | retried | requeued | dead; `failure`: the
-        error's kind (permanent, transient, output) when the attempt failed."""
+    def recorded(self, o: Outcome, *, dead: bool = False) -> None:
+        """An outcome is in Redis (`dead`: the item was dead-lettered as it is, its record
+        could not be written): count it, and the failure that led to it."""
         with self._lock:
-            seconds = self._seconds.pop(job_id, None)
+            seconds = self._seconds.pop(o.job_id, None)
+        outcome, failure = ("dead", None) if dead else _counted_as(o)
         self.metrics.job_finished(outcome, seconds)
         if failure:
             self.metrics.job_failed(failure)
@@ -107,3 +110,15 @@ class Observer:
         with self._lock:
             progress_at = {job: round(at, 3) for job, at in self._progress_at.items()}
         return {"counters": self.metrics.totals(), "last_minute": self.metrics.last_minute(), "progress_at": progress_at}
+
+
+def _counted_as(o: Outcome) -> tuple[str, str | None]:
+    """(outcome, kind of the failure or None) as the metrics name them."""
+    if isinstance(o, Ack):
+        return "done", None
+    if isinstance(o, Retry):  # not counted against the message only when the output was down
+        return "retried", "output" if o.uncount else o.error.get("kind", "transient")
+    if isinstance(o, Bury):
+        return "dead", o.error.get("kind", "permanent")
+    assert isinstance(o, Requeue)
+    return "requeued", None

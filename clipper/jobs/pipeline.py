@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from clipper.jobs.clip import check_streams, make_clip, resolve_range
-from clipper.jobs.command import JobControl
 from clipper.jobs.fetch import fetch_source
 from clipper.jobs.probe import MediaInfo, probe_media
-from clipper.jobs.progress import THUMBNAIL_WEIGHT, JobProgress
 from clipper.jobs.spec import JobSpec, redact_url
 from clipper.jobs.thumbs import check_thumbnail, make_thumbnail
 from clipper.jobs.upload import Uploader
+from clipper.media.command import JobControl
+from clipper.media.progress import THUMBNAIL_WEIGHT, JobProgress
 from clipper.metrics import Metrics
 from clipper.settings import Settings
 
@@ -55,10 +55,6 @@ class LocalOutput:
     height: int | None
     mode: str | None = None
     note: str | None = None
-
-
-def failed_result(job_id: str, attempts: int, error: dict[str, str]) -> dict[str, Any]:
-    return {"id": job_id, "status": "failed", "attempts": attempts, "outputs": [], "timings": {}, "error": error}
 
 
 def check_against_media(spec: JobSpec, info: MediaInfo) -> list[float]:
@@ -116,7 +112,7 @@ def run_job(spec: JobSpec, ctx: JobContext, attempts: int) -> dict[str, Any]:
     workdir.mkdir(parents=True)
     try:
         with stage("fetch", source=redact_url(spec.source)):
-            fetched = fetch_source(spec.source, workdir, settings.fetch, cancelled=ctx.control.cancelled,
+            fetched = fetch_source(spec.source, workdir, settings.fetch, control=ctx.control,
                                    progress=lambda _received: ctx.progress("fetch", None, None))
         ctx.metrics.fetched(fetched.bytes)
         with stage("probe"):
@@ -136,23 +132,24 @@ def run_job(spec: JobSpec, ctx: JobContext, attempts: int) -> dict[str, Any]:
         # The manifest goes last, so its presence means the set is complete; it carries the same
         # timings as the result (its own small upload is not counted in either).
         timings["total"] = round(time.monotonic() - started, 3)
-        manifest = {
-            "id": spec.id,
-            "source": {"url": redact_url(spec.source), "duration": round(info.duration, 3),
-                       "format": info.format_name, "codecs": info.codecs, "bytes": fetched.bytes},
-            "outputs": outputs,
-            "timings": timings,
-            "created_at": round(time.time(), 3),
-        }
-        manifest_path = workdir / "manifest.json"
-        manifest_path.write_text(json.dumps(manifest, indent=2))
-        ctx.control.check()
-        ctx.uploader.upload(manifest_path, f"{base}/manifest.json", {"job-id": spec.id, "kind": "manifest"})
-        ctx.metrics.uploaded(manifest_path.stat().st_size)
+        source = {"url": redact_url(spec.source), "duration": round(info.duration, 3), "format": info.format_name,
+                  "codecs": info.codecs, "bytes": fetched.bytes}
+        manifest_key = _upload_manifest(spec, ctx, workdir, f"{base}/manifest.json",
+                                        {"id": spec.id, "source": source, "outputs": outputs, "timings": timings,
+                                         "created_at": round(time.time(), 3)})
         return {"id": spec.id, "status": "done", "attempts": attempts, "outputs": outputs,
-                "manifest": f"{base}/manifest.json", "timings": timings, "error": None}
+                "manifest": manifest_key, "timings": timings, "error": None}
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _upload_manifest(spec: JobSpec, ctx: JobContext, workdir: Path, key: str, manifest: dict[str, Any]) -> str:
+    path = workdir / "manifest.json"
+    path.write_text(json.dumps(manifest, indent=2))
+    ctx.control.check()
+    ctx.uploader.upload(path, key, {"job-id": spec.id, "kind": "manifest"})
+    ctx.metrics.uploaded(path.stat().st_size)
+    return key
 
 
 def _make_outputs(spec: JobSpec, ctx: JobContext, src: Path, info: MediaInfo, workdir: Path, weights: Iterator[float],

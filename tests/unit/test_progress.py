@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from clipper.jobs.progress import THUMBNAIL_WEIGHT, FfmpegProgress, JobProgress, ProgressReport, parse_progress
+from clipper.media.progress import THUMBNAIL_WEIGHT, FfmpegProgress, JobProgress, ProgressReport, parse_progress
 
 # as ffmpeg 5.1 writes it (trimmed): N/A and a negative time first, then real reports, then end
 FFMPEG_OUTPUT = """\
