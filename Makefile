@@ -5,13 +5,17 @@ VENV := .venv
 PY := $(VENV)/bin/python
 CLIPPER := $(VENV)/bin/clipper
 DEV_REDIS_URL ?= redis://127.0.0.1:6379/0
+ENV ?= dev
+LOCAL_S3_URL ?= http://127.0.0.1:8333
+LOCAL_S3_BUCKET ?= clips
 PYTEST_ARGS ?=
 
-.PHONY: help system-deps install run test test-fast soak lint bench demo redis-dev clean
+.PHONY: help system-deps install run test test-fast soak lint bench demo redis-dev s3-local clean
 
 help:
 	@echo "make install  - system packages (ffmpeg, redis-server, wget), .venv, the package"
 	@echo "make run      - clipper run dev in the foreground (starts a local Redis under var/ if needed)"
+	@echo "make run ENV=local - the same with outputs in a local S3 (SeaweedFS under var/ if none answers)"
 	@echo "make test     - the whole test suite (real Redis, SeaweedFS S3, HTTP server, ffmpeg)"
 	@echo "make lint     - ruff"
 	@echo "make bench    - media benchmarks (smart vs accurate vs copy), ratios printed"
@@ -19,7 +23,8 @@ help:
 
 system-deps:
 	@missing=""; \
-	for tool in ffmpeg:ffmpeg ffprobe:ffmpeg redis-server:redis-server redis-cli:redis-tools wget:wget openssl:openssl; do \
+	for tool in ffmpeg:ffmpeg ffprobe:ffmpeg redis-server:redis-server redis-cli:redis-tools wget:wget openssl:openssl \
+	           systemd-analyze:systemd logrotate:logrotate; do \
 	  command -v $${tool%%:*} >/dev/null 2>&1 || missing="$$missing $${tool##*:}"; \
 	done; \
 	$(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1 || missing="$$missing python3-venv"; \
@@ -50,9 +55,16 @@ redis-dev: install
 	  redis-cli -p $$port ping >/dev/null 2>&1 || { echo "redis-server did not start: see var/log/redis-dev.log"; exit 1; }; \
 	fi
 
-# the daemon uses the same Redis URL that was checked (or started) above
-run: redis-dev
-	CLIPPER_REDIS__URL=$(DEV_REDIS_URL) $(CLIPPER) run dev
+# a local S3 for ENV=local: SeaweedFS (from the test extras) under var/ unless one answers, with its bucket
+s3-local: install
+	@$(PY) scripts/local_s3.py --endpoint $(LOCAL_S3_URL) --bucket $(LOCAL_S3_BUCKET)
+
+# the daemon uses the same Redis URL (and for ENV=local the same S3) that was checked or started
+# above; SeaweedFS takes any access key, so ENV=local has one unless the environment gives one
+LOCAL_S3_ENV = CLIPPER_OUTPUT__ENDPOINT_URL=$(LOCAL_S3_URL) CLIPPER_OUTPUT__BUCKET=$(LOCAL_S3_BUCKET) \
+  AWS_ACCESS_KEY_ID=$${AWS_ACCESS_KEY_ID:-local} AWS_SECRET_ACCESS_KEY=$${AWS_SECRET_ACCESS_KEY:-local}
+run: redis-dev $(if $(filter local,$(ENV)),s3-local)
+	CLIPPER_REDIS__URL=$(DEV_REDIS_URL) $(if $(filter local,$(ENV)),$(LOCAL_S3_ENV)) $(CLIPPER) run $(ENV)
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
@@ -74,6 +86,7 @@ demo: redis-dev
 
 # the var/ Redis saves on SIGTERM and will not exit if its directory is gone: wait for it first
 clean:
+	@if [ -f var/run/seaweed.pid ]; then kill "$$(cat var/run/seaweed.pid)" 2>/dev/null || true; fi
 	@if [ -f var/run/redis-dev.pid ]; then \
 	  pid=$$(cat var/run/redis-dev.pid); kill "$$pid" 2>/dev/null || true; \
 	  for i in $$(seq 50); do kill -0 "$$pid" 2>/dev/null || break; sleep 0.1; done; \

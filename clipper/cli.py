@@ -1,7 +1,8 @@
-"""The `clipper` command: start | stop | status | run | restart | reload | enqueue | stats | dead.
+"""The `clipper` command: start | stop | status | run | restart | reload | enqueue | stats | dead |
+check | job.
 
 Exit codes: 0 ok; 1 failure (with a one-line reason on stderr); 2 invalid message or usage;
-3 `status` when not running (LSB).
+3 `status` when not running (LSB). `check`: 0 healthy, 1 unhealthy with the reason.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from clipper.errors import PermanentError, SettingsError
 from clipper.queue import ReliableQueue, connect_redis, default_consumer_id, unreachable
 from clipper.settings import Settings, load_settings
 from clipper.sources.session import SourceCache
-from clipper.sources.store import COUNTERS
 
 
 def _fail(message: str, code: int = 1) -> int:
@@ -96,7 +96,18 @@ def cmd_start(args: argparse.Namespace, settings: Settings) -> int:
     if not ok:
         return _fail(f"start failed: {detail}")
     print(detail)
+    _warn_about_output(settings)
     return 0
+
+
+def _warn_about_output(settings: Settings) -> None:
+    """The daemon logs it too; a terminal is where whoever just started it looks."""
+    from clipper import health
+    from clipper.jobs.upload import make_uploader
+
+    problem = health.output_problem(make_uploader(settings.output, quick=True))
+    if problem:
+        print(f"clipper: warning: {problem} (jobs will wait in the retry queue until it takes writes)", file=sys.stderr)
 
 
 def _waiting_for(queue: ReliableQueue) -> str | None:
@@ -170,27 +181,62 @@ def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
+    from clipper import views
+
+    queue = _queue(settings)
+    if args.watch:
+        def read() -> tuple[dict[str, Any], dict[str, dict[str, str]]]:
+            stats = queue.stats()
+            return stats, {j: queue.job_record(j) for c in stats["consumers"] for j in c.get("jobs", [])}
+        try:
+            views.watch(read, sys.stdout, interval=args.interval)
+        except KeyboardInterrupt:
+            pass
+        return 0
     try:
-        stats = _queue(settings).stats()
+        stats = queue.stats()
     except redis.RedisError as exc:
         return _fail(_unreachable(settings, exc))
     stats["cache"] = SourceCache(settings).summary()
-    if args.json:
-        print(json.dumps(stats))
-        return 0
-    print(f"queue       {stats['queue']}")
-    for key in ("pending", "processing", "retry", "dead"):
-        print(f"{key:<11} {stats[key]}")
-    for finding in stats["foreign"]:
-        print(f"warning     {finding}")
-    print(f"consumers   {len(stats['consumers'])} live")
-    for c in stats["consumers"]:
-        jobs = ", ".join(c.get("jobs", [])) or "-"
-        print(f"  {c['consumer']}  pid {c.get('pid')}  {c.get('in_flight', 0)}/{c.get('workers')} busy  jobs: {jobs}")
-    cache = stats["cache"]
-    print(f"cache       {cache['dir']}: {cache['entries']} sources, {cache['bytes']} of {cache['budget']} bytes; "
-          f"{cache['output_entries']} outputs, {cache['output_bytes']} of {cache['output_budget']} bytes")
-    print("            " + ", ".join(f"{k.replace('_', ' ')} {cache[k]}" for k in COUNTERS))
+    print(json.dumps(stats) if args.json else "\n".join(views.stats_lines(stats)))
+    return 0
+
+
+def cmd_job(args: argparse.Namespace, settings: Settings) -> int:
+    from clipper import views
+
+    try:
+        record = _queue(settings).job_record(args.id)
+    except redis.RedisError as exc:
+        return _fail(_unreachable(settings, exc))
+    if not record:
+        return _fail(f"no record of job {args.id!r} (never claimed, or expired after results.ttl)")
+    print(json.dumps({"id": args.id, **views.job_json(record)}) if args.json else "\n".join(views.job_lines(args.id, record)))
+    return 0
+
+
+def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
+    from clipper import health
+    from clipper.jobs.upload import make_uploader
+
+    queue = _queue(settings)
+    problem = health.redis_problem(queue.redis, settings.redis.url)
+    beat = None
+    if problem is None:
+        try:
+            beat = queue.heartbeat_of()
+        except redis.RedisError as exc:
+            problem = _unreachable(settings, exc)
+    if problem is None:
+        problem = health.daemon_problem(beat, consumer=queue.consumer, lock_pid=lock_holder(settings.daemon.pid_file),
+                                        heartbeat_ttl=settings.redis.heartbeat_ttl,
+                                        stuck_after=settings.media.stage_timeout)
+    if problem is None:
+        problem = health.output_problem(make_uploader(settings.output, quick=True))
+    if problem is not None:
+        return _fail(f"unhealthy: {problem}", health.EXIT_UNHEALTHY)
+    assert beat is not None
+    print(f"healthy: pid {beat.get('pid')}, {beat.get('in_flight', 0)}/{beat.get('workers')} busy, output writable")
     return 0
 
 
@@ -241,8 +287,15 @@ def build_parser() -> argparse.ArgumentParser:
     command("reload", "SIGHUP: reopen the log file", cmd_reload)
     command("enqueue", "validate a message and LPUSH it; prints the job id", cmd_enqueue).add_argument(
         "message", metavar="MESSAGE", help="JSON text or a URL; - reads standard input")
-    command("stats", "queue depths, live consumers, in-flight jobs", cmd_stats).add_argument(
-        "--json", action="store_true")
+    stats = command("stats", "queue depths, live consumers, in-flight jobs", cmd_stats)
+    stats.add_argument("--json", action="store_true")
+    stats.add_argument("--watch", action="store_true", help="a live view that redraws in place (Ctrl-C quits)")
+    stats.add_argument("--interval", type=float, default=1.0, help="seconds between redraws with --watch")
+    job = command("job", "one job's record: status, attempts, progress, result or error", cmd_job)
+    job.add_argument("id", metavar="ID")
+    job.add_argument("--json", action="store_true")
+    command("check", "health: exit 0 when Redis answers, this host's daemon is alive and not stuck, and the "
+            "output takes a write; else 1 and the reason", cmd_check)
     dead = command("dead", "inspect and requeue dead letters", cmd_dead)
     dead.add_argument("action", choices=["list", "retry", "purge"])
     dead.add_argument("ids", nargs="*", metavar="ID", help="with retry: only these job ids")

@@ -25,6 +25,7 @@ from clipper import __version__, logs
 from clipper.daemon import CannotStart, Readiness
 from clipper.jobs.spec import job_id_for_raw, reply_to_for_raw
 from clipper.media.command import JobControl
+from clipper.observer import Observer
 from clipper.policy import Ack, Bury, Failure, Outcome, OutputBreaker, Requeue, Retry, RetryPolicy
 from clipper.queue import ReliableQueue, connect_redis, default_consumer_id, redis_trouble, unreachable
 from clipper.runner import InFlight, JobRunner
@@ -99,7 +100,9 @@ class Supervisor:
         self.policy = RetryPolicy(settings.retry, self.breaker)
         self._next = {"heartbeat": 0.0, "promote": 0.0, "reap": 0.0}
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="clipper-worker")
-        self._runner = JobRunner(settings, self.scratch, self._progress)
+        self.observer = Observer(settings, self.queue, self.workers, in_flight=lambda: len(self.in_flight),
+                                 breaker=self.breaker.state)
+        self._runner = JobRunner(settings, self.scratch, self.observer.progress, self.observer.metrics)
 
     # -- signals (main thread only) --------------------------------------------------------------
     def install_signals(self) -> None:
@@ -137,6 +140,7 @@ class Supervisor:
         self.queue.redis.ping()
         for warning in redis_durability_warnings(self.queue.redis):
             self.log.warning("redis.durability", warning=warning)
+        self.observer.start(self.log)
         shutil.rmtree(self.scratch, ignore_errors=True)  # a crashed predecessor's downloads
         self.scratch.mkdir(parents=True, exist_ok=True)
         for job_id in self.queue.recover_own():
@@ -235,22 +239,18 @@ class Supervisor:
             self.outcomes.append(poison)
             return
         log.info("job.claimed", in_flight=len(self.in_flight) + 1, workers=self.workers)
-        item = InFlight(raw, job_id, attempts, JobControl(job_id))
+        item = InFlight(raw, job_id, attempts, JobControl(job_id, failed=self.observer.metrics.subprocess_failed))
+        self.observer.claimed(job_id)
         future = self._pool.submit(self._runner, item)
         self.in_flight[future] = item
         self._next["heartbeat"] = 0.0  # `clipper stats` shows in-flight jobs without delay
         future.add_done_callback(lambda _f: self.wake.set())
 
-    def _progress(self, job_id: str, stage: str) -> None:
-        try:
-            self.queue.set_progress(job_id, stage)
-        except redis.RedisError:
-            pass  # progress is informative; the outcome is what must not be lost
-
     def _collect(self) -> None:
         """Turn every finished job's report into an outcome waiting to be recorded."""
         for future in [f for f in self.in_flight if f.done()]:
             item = self.in_flight.pop(future)
+            self.observer.collected(item.job_id)
             self._next["heartbeat"] = 0.0
             try:
                 report = future.result()
@@ -282,6 +282,7 @@ class Supervisor:
                 kind = type(o).__name__.lower()
                 self.log.error("job.record_failed", job_id=o.job_id, outcome=kind, error=str(exc))
                 self._bury_as_is(o, f"cannot record the outcome ({kind}) in Redis: {exc}")
+                self.observer.recorded(o, dead=True)
             self.outcomes.popleft()
 
     def _bury_as_is(self, o: Outcome, reason: str) -> None:
@@ -304,6 +305,7 @@ class Supervisor:
         else:
             self.queue.requeue(o.raw, o.job_id, uncount=o.uncount)
             self.log.info("job.requeued", job_id=o.job_id, reason=o.reason)
+        self.observer.recorded(o)
 
     def _replied(self, job_id: str, reply_to: str | None, replied: bool) -> None:
         if not replied:
@@ -341,6 +343,7 @@ class Supervisor:
         self.queue.heartbeat(self.settings.redis.heartbeat_ttl, {
             "pid": os.getpid(), "workers": self.workers, "in_flight": len(self.in_flight),
             "jobs": [i.job_id for i in self.in_flight.values()], "stopping": self.stopping, "at": round(time.time(), 3),
+            **self.observer.heartbeat_fields(),
         })
 
     def _redis_trouble(self, exc: Exception) -> None:
@@ -397,6 +400,7 @@ class Supervisor:
 
     def _finish(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self.observer.close()
         try:
             self.queue.leave()
         except redis.RedisError as exc:

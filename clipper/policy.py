@@ -112,6 +112,12 @@ class OutputBreaker:
         failures, self.failures = self.failures, 0
         return failures
 
+    def state(self) -> str:
+        """closed; open (claiming paused); half_open (the pause is over, one probe job at a time)."""
+        if not self.failures:
+            return "closed"
+        return "open" if time.monotonic() < self.paused_until else "half_open"
+
     def blocks_claim(self, busy: bool) -> bool:
         """While open: no claim during the pause, then one probe job at a time."""
         if not self.failures:

@@ -248,8 +248,23 @@ class ReliableQueue:
             keys=[self.processing, self.keys.queue, self.keys.job(job_id), self.keys.events],
             args=[raw, _now(), _event(job_id, "queued"), "1" if uncount else "0"])))
 
-    def set_progress(self, job_id: str, progress: str) -> None:
-        self.redis.hset(self.keys.job(job_id), mapping={"progress": progress, "updated_at": _now()})
+    def set_progress(self, job_id: str, stage: str, percent: float | None = None, eta: float | None = None) -> None:
+        """A running job's stage, percent done and seconds left (when known) in its record, and
+        the same as an event (status "running") on Q:events: one round trip."""
+        now, key = _now(), self.keys.job(job_id)
+        fields: dict[str, Any] = {"progress": stage, "updated_at": now}
+        extra: dict[str, Any] = {"progress": stage}
+        if percent is not None:
+            fields["percent"] = extra["percent"] = percent
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(key, mapping=fields)
+        if eta is not None:
+            pipe.hset(key, "eta", eta)
+            extra["eta"] = eta
+        else:
+            pipe.hdel(key, "eta")
+        pipe.publish(self.keys.events, _event(job_id, "running", **extra))
+        pipe.execute()
 
     # -- maintenance -------------------------------------------------------------------------
     def promote_due(self, limit: int = 100) -> list[str]:
@@ -367,6 +382,28 @@ class ReliableQueue:
             "in_flight": in_flight,
             "foreign": found.all(),
         }
+
+    def depths(self) -> dict[str, int]:
+        """Items pending, held by any consumer, waiting to retry, dead: two round trips (a
+        metrics scrape asks this every few seconds)."""
+        consumers = [c.decode() for c in self.redis.smembers(self.keys.consumers)]
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.llen(self.keys.queue)
+        pipe.zcard(self.keys.retry)
+        pipe.llen(self.keys.dead)
+        for c in consumers:
+            pipe.llen(self.keys.processing(c))
+        pending, retry, dead, *held = pipe.execute()
+        return {"pending": pending, "processing": sum(held), "retry": retry, "dead": dead}
+
+    def heartbeat_of(self, consumer: str | None = None) -> dict[str, Any] | None:
+        """A consumer's (default: ours) last heartbeat, or None once it expired."""
+        beat = self.redis.get(self.keys.heartbeat(consumer or self.consumer))
+        return json.loads(beat) if beat else None
+
+    def job_record(self, job_id: str) -> dict[str, str]:
+        """Q:job:<id> as text ({} when there is none)."""
+        return {k.decode(): v.decode("utf-8", "replace") for k, v in self.redis.hgetall(self.keys.job(job_id)).items()}
 
     def own_holdings(self) -> tuple[int, list[str]]:
         """How many items our processing list holds, and the job ids our heartbeat names."""

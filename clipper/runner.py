@@ -19,6 +19,7 @@ from clipper.jobs.pipeline import JobContext, run_job
 from clipper.jobs.spec import JobSpec, parse_message, reply_to_for_raw
 from clipper.jobs.upload import make_uploader
 from clipper.media.command import JobControl
+from clipper.metrics import Metrics
 from clipper.policy import Ack, Failure, Held, Requeue
 from clipper.settings import Settings
 from clipper.sources.session import SourceCache
@@ -34,10 +35,12 @@ class InFlight(Held):
 class JobRunner:
     """Runs one job and says how it ended; never raises for the job's sake."""
 
-    def __init__(self, settings: Settings, scratch: Path, progress: Callable[[str, str], None]):
+    def __init__(self, settings: Settings, scratch: Path, progress: Callable[[str, str, float | None, float | None], None],
+                 metrics: Metrics):
         self.settings = settings
         self.scratch = scratch
-        self.progress = progress  # (job_id, stage): informative, must not fail the job
+        self.progress = progress  # (job_id, stage, percent, eta): informative, must not fail the job
+        self.metrics = metrics
         self.uploader = make_uploader(settings.output)
         self.sources = SourceCache(settings)  # one per daemon: its write accounting drives eviction
 
@@ -54,9 +57,9 @@ class JobRunner:
 
         try:
             spec = parse_message(item.raw, self.settings.media, self.settings.redis.queue)
-            ctx = JobContext(settings=self.settings, uploader=self.uploader, control=item.control,
-                             scratch=self.scratch, progress=lambda stage: self.progress(item.job_id, stage), log=log,
-                             sources=self.sources)
+            ctx = JobContext(settings=self.settings, uploader=self.uploader, control=item.control, scratch=self.scratch,
+                             progress=lambda stage, percent, eta: self.progress(item.job_id, stage, percent, eta),
+                             log=log, metrics=self.metrics, sources=self.sources)
             result = run_job(spec, ctx, item.attempts)
             log.info("job.done", seconds=round(time.monotonic() - started, 3), outputs=len(result["outputs"]),
                      timings=result["timings"])

@@ -110,6 +110,15 @@ class ResultsSettings(_Section):
     ttl: int = Field(default=7 * 24 * 3600, gt=0)
 
 
+class MetricsSettings(_Section):
+    """The Prometheus endpoint. Loopback by default: the numbers name no job, but they are
+    nobody else's business until ops decide (a reverse proxy, or address = "0.0.0.0")."""
+
+    enabled: bool = False
+    address: str = "127.0.0.1"
+    port: int = Field(default=9787, ge=1, le=65535)
+
+
 class ClipDefault(_Section):
     name: str = "clip"
     start: float | str = 0.0
@@ -164,6 +173,7 @@ class Settings(_Section):
     cache: CacheSettings = CacheSettings()
     results: ResultsSettings = ResultsSettings()
     media: MediaSettings = MediaSettings()
+    metrics: MetricsSettings = MetricsSettings()
 
 
 def settings_dirs(cwd: Path | None = None, environ: Mapping[str, str] | None = None) -> list[Path]:
@@ -222,7 +232,7 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     return out
 
 
-_STRINGY_KEYS = {"url", "queue", "bucket", "prefix", "region", "endpoint_url", "x264_preset", "audio_bitrate"}
+_STRINGY_KEYS = {"address", "url", "queue", "bucket", "prefix", "region", "endpoint_url", "x264_preset", "audio_bitrate"}
 
 
 def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:

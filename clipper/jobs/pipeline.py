@@ -30,9 +30,14 @@ from clipper.jobs.thumbs import EXTENSIONS as THUMB_EXTENSIONS
 from clipper.jobs.thumbs import check_thumbnail, make_thumbnail
 from clipper.jobs.upload import Uploader
 from clipper.media.command import ChildLimits, JobControl
+from clipper.media.progress import THUMBNAIL_WEIGHT, JobProgress
+from clipper.metrics import Metrics
 from clipper.settings import Settings
 from clipper.sources.outputs import output_key, reuse_or_make
 from clipper.sources.session import SourceCache, SourceSession, explain_failure, open_source
+
+# (stage, percent done of the job or None, seconds left or None): the loop's way to the job's record
+ProgressCallback = Callable[[str, float | None, float | None], None]
 
 
 @dataclass
@@ -41,9 +46,10 @@ class JobContext:
     uploader: Uploader
     control: JobControl
     scratch: Path
-    progress: Callable[[str], None]
+    progress: ProgressCallback
     log: Any
     sources: SourceCache
+    metrics: Metrics
 
 
 @dataclass(frozen=True)
@@ -60,14 +66,18 @@ class LocalOutput:
     reused: bool = False  # kept by the cache from an earlier job (clipper.sources.outputs)
 
 
-def check_against_media(spec: JobSpec, info: MediaInfo, max_dimension: int | None = None) -> None:
+def check_against_media(spec: JobSpec, info: MediaInfo, max_dimension: int | None = None) -> list[float]:
     """Fail before any work when one of the outputs cannot be made from this media (the same
-    checks each stage makes, so a bad last clip does not cost the encodes before it)."""
+    checks each stage makes, so a bad last clip does not cost the encodes before it). Returns
+    each output's share of the work, for progress: clips their seconds, then the thumbnails."""
+    weights = []
     for clip in spec.clips:
-        resolve_range(clip, info)
+        weights.append(resolve_range(clip, info).duration)
         check_streams(clip, info)
     for thumb in spec.thumbnails:
         check_thumbnail(thumb, info, max_dimension=max_dimension)
+        weights.append(THUMBNAIL_WEIGHT)
+    return weights
 
 
 def check_owner(spec: JobSpec, uploader: Uploader, base: str) -> None:
@@ -108,16 +118,29 @@ Stage = Callable[..., AbstractContextManager[None]]
 
 
 def make_outputs(spec: JobSpec, ctx: JobContext, session: SourceSession, info: MediaInfo, out_dir: Path,
-                 stage: Stage) -> list[LocalOutput]:
-    """Every clip, then every thumbnail, made from the source (or reused) and verified, in `out_dir`."""
+                 stage: Stage, tracker: JobProgress, weights: Iterator[float]) -> list[LocalOutput]:
+    """Every clip, then every thumbnail, made from the source (or reused) and verified, in
+    `out_dir`; ffmpeg's reports move the job's progress while each is made."""
     out_dir.mkdir()
     local: list[LocalOutput] = []
-    if spec.clips:
-        with stage("clip", clips=len(spec.clips)):
-            local += [_output(ctx, session, clip, info, out_dir) for clip in spec.clips]
-    if spec.thumbnails:
-        with stage("thumbnails", thumbnails=len(spec.thumbnails)):
-            local += [_output(ctx, session, thumb, info, out_dir) for thumb in spec.thumbnails]
+    try:
+        if spec.clips:
+            with stage("clip", clips=len(spec.clips)):
+                for clip in spec.clips:
+                    tracker.begin("clip", next(weights))
+                    ctx.control.progress = tracker.ffmpeg
+                    local.append(_output(ctx, session, clip, info, out_dir))
+                    tracker.finish()
+                    ctx.metrics.clip_made(local[-1].mode or clip.mode, clip.format)
+        if spec.thumbnails:
+            with stage("thumbnails", thumbnails=len(spec.thumbnails)):
+                for thumb in spec.thumbnails:
+                    tracker.begin("thumbnails", next(weights))
+                    ctx.control.progress = None  # one frame: nothing to report on the way
+                    local.append(_output(ctx, session, thumb, info, out_dir))
+                    tracker.finish()
+    finally:
+        ctx.control.progress = None
     return local
 
 
@@ -129,11 +152,13 @@ def run_job(spec: JobSpec, ctx: JobContext, attempts: int) -> dict[str, Any]:
     @contextmanager
     def stage(name: str, **fields: Any) -> Iterator[None]:
         ctx.control.check()
-        ctx.progress(name)
+        ctx.progress(name, None, None)
         t0 = time.monotonic()
         yield
-        timings[name] = round(timings.get(name, 0.0) + time.monotonic() - t0, 3)
-        ctx.log.debug("job.stage", stage=name, seconds=round(time.monotonic() - t0, 3), **fields)
+        seconds = time.monotonic() - t0
+        timings[name] = round(timings.get(name, 0.0) + seconds, 3)
+        ctx.metrics.stage_finished(name, seconds)
+        ctx.log.debug("job.stage", stage=name, seconds=round(seconds, 3), **fields)
 
     base = spec.output_dir_key(settings.output.prefix)
     check_owner(spec, ctx.uploader, base)  # before any work
@@ -149,8 +174,9 @@ def run_job(spec: JobSpec, ctx: JobContext, attempts: int) -> dict[str, Any]:
         with stage("probe"):
             info = session.probe(ctx.control, settings.media.max_source_pixels)
             check_source_limits(info, settings.media, "probe of the source")
-            check_against_media(spec, info, settings.media.max_dimension)
-        local = make_outputs(spec, ctx, session, info, workdir / "out", stage)
+            weights = check_against_media(spec, info, settings.media.max_dimension)
+        tracker = JobProgress(weights, lambda r: ctx.progress(r.stage, r.percent, r.eta))
+        local = make_outputs(spec, ctx, session, info, workdir / "out", stage, tracker, iter(weights))
         ctx.control.stop_budget()
         check_owner(spec, ctx.uploader, base)  # another job may have finished meanwhile
         outputs: list[dict[str, Any]] = []
@@ -160,23 +186,17 @@ def run_job(spec: JobSpec, ctx: JobContext, attempts: int) -> dict[str, Any]:
                 ctx.control.check()
                 ctx.uploader.upload(out.path, key, {"job-id": spec.id, "name": out.name, "kind": out.kind})
                 outputs.append(output_record(out, key))
+                ctx.metrics.uploaded(outputs[-1]["bytes"])
         # The manifest goes last, so its presence means the set is complete; it carries the same
         # timings as the result (its own small upload is not counted in either).
         timings["total"] = round(time.monotonic() - started, 3)
-        manifest = {
-            "id": spec.id,
-            "source": {"url": redact_url(spec.source), "duration": round(info.duration, 3),
-                       "format": info.format_name, "codecs": info.codecs, **session.stats()},
-            "outputs": outputs,
-            "timings": timings,
-            "created_at": round(time.time(), 3),
-        }
-        manifest_path = workdir / "manifest.json"
-        manifest_path.write_text(json.dumps(manifest, indent=2))
-        ctx.control.check()
-        ctx.uploader.upload(manifest_path, f"{base}/manifest.json", {"job-id": spec.id, "kind": "manifest"})
+        source = {"url": redact_url(spec.source), "duration": round(info.duration, 3), "format": info.format_name,
+                  "codecs": info.codecs, **session.stats()}
+        manifest_key = _upload_manifest(spec, ctx, workdir, f"{base}/manifest.json",
+                                        {"id": spec.id, "source": source, "outputs": outputs, "timings": timings,
+                                         "created_at": round(time.time(), 3)})
         return {"id": spec.id, "status": "done", "attempts": attempts, "outputs": outputs,
-                "manifest": f"{base}/manifest.json", "source": session.stats(), "timings": timings, "error": None}
+                "manifest": manifest_key, "source": session.stats(), "timings": timings, "error": None}
     except (PermanentError, TransientError) as exc:
         better = explain_failure(session, exc)
         if better is exc:
@@ -184,6 +204,7 @@ def run_job(spec: JobSpec, ctx: JobContext, attempts: int) -> dict[str, Any]:
         raise better from None
     finally:
         if session is not None:
+            ctx.metrics.fetched(session.stats()["bytes_from_origin"])
             session.close()
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -222,3 +243,10 @@ def _make_name(spec: ClipSpec | ThumbSpec, out_dir: Path) -> Path:
     ext = CLIP_EXTENSIONS[spec.format] if isinstance(spec, ClipSpec) else THUMB_EXTENSIONS[spec.format]
     return out_dir / f"{spec.name}.{ext}"
 
+def _upload_manifest(spec: JobSpec, ctx: JobContext, workdir: Path, key: str, manifest: dict[str, Any]) -> str:
+    path = workdir / "manifest.json"
+    path.write_text(json.dumps(manifest, indent=2))
+    ctx.control.check()
+    ctx.uploader.upload(path, key, {"job-id": spec.id, "kind": "manifest"})
+    ctx.metrics.uploaded(path.stat().st_size)
+    return key

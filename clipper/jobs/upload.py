@@ -13,7 +13,9 @@ import errno
 import json
 import os
 import shutil
+import socket
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Protocol
 
@@ -54,6 +56,9 @@ class Uploader(Protocol):
     def owner(self, manifest_key: str) -> str | None:
         """The job id of the manifest at `manifest_key`; "" when something else is there, None
         when nothing is; OutputUnavailable when the output cannot say now."""
+
+    def check_writable(self) -> str | None:
+        """None when the output takes a small write now, else a one-line reason (health checks)."""
 
 
 class DirUploader:
@@ -104,17 +109,36 @@ class DirUploader:
             # a full disk, a read-only or unmounted volume, permissions: the output, not the job
             raise OutputUnavailable(f"upload of {key}: {exc.strerror or exc}") from exc
 
+    def check_writable(self) -> str | None:
+        """Write and remove a small file where jobs write (or, before the first job made it,
+        in the root under which an upload creates it); nothing else is created."""
+        if self.jobs_root.exists() and not self.jobs_root.is_dir():
+            return f"output path {self.jobs_root} is not a directory"
+        where = self.jobs_root if self.jobs_root.is_dir() else self.root
+        if not where.is_dir():
+            return f"output directory {where} does not exist"
+        probe = where / f".clipper-check-{uuid.uuid4().hex[:8]}"
+        try:
+            probe.write_bytes(b"ok")
+        except OSError as exc:
+            return f"output directory {where} does not take a write: {exc.strerror or exc}"
+        probe.unlink(missing_ok=True)
+        return None
+
 
 class S3Uploader:
-    def __init__(self, output: OutputSettings):
+    def __init__(self, output: OutputSettings, *, attempts: int = 3, connect_timeout: float = 5, read_timeout: float = 60):
         import boto3
         from boto3.s3.transfer import TransferConfig
         from botocore.config import Config
 
         self.bucket = output.bucket or ""
+        self.prefix = output.prefix.strip("/")
+        self.endpoint = output.endpoint_url or "AWS S3"
         self.client = boto3.client(
             "s3", endpoint_url=output.endpoint_url, region_name=output.region,
-            config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=60),
+            config=Config(retries={"max_attempts": attempts, "mode": "standard"}, connect_timeout=connect_timeout,
+                          read_timeout=read_timeout),
         )
         # Multipart above 64 MiB, in 16 MiB parts: a failed part is retried alone.
         self.transfer = TransferConfig(multipart_threshold=64 * 1024**2, multipart_chunksize=16 * 1024**2,
@@ -150,6 +174,33 @@ class S3Uploader:
             raise OutputUnavailable(f"reading s3://{self.bucket}/{manifest_key} failed: {exc}") from exc
 
 
+    def check_writable(self) -> str | None:
+        """Put a small object under the prefix (one per host, overwritten each time) and
+        remove it; the reason names what ops must fix: credentials, route, bucket, policy."""
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+        key = f"{self.prefix}/.clipper-check/{socket.gethostname()}".lstrip("/")
+        where = f"output s3://{self.bucket} at {self.endpoint}"
+        try:
+            # HEAD first: some stores (SeaweedFS) create a missing bucket on the first write
+            self.client.head_bucket(Bucket=self.bucket)
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=b"ok")
+        except NoCredentialsError:
+            return f"{where}: no AWS credentials found (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile or a role)"
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("404", "NoSuchBucket"):
+                return f"{where}: the bucket does not exist"
+            return f"{where}: access refused ({code or exc}): check the credentials and the bucket policy"
+        except BotoCoreError as exc:
+            return f"{where}: unreachable ({exc})"
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+        except (ClientError, BotoCoreError):
+            pass  # a write-only policy may not allow deletes; the write is what counts
+        return None
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -158,5 +209,8 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def make_uploader(output: OutputSettings) -> Uploader:
-    return S3Uploader(output) if output.kind == "s3" else DirUploader(output.dir, output.prefix)
+def make_uploader(output: OutputSettings, *, quick: bool = False) -> Uploader:
+    """`quick`: one attempt and short timeouts, for a health check that must answer in seconds."""
+    if output.kind == "dir":
+        return DirUploader(output.dir, output.prefix)
+    return S3Uploader(output, attempts=1, connect_timeout=3, read_timeout=10) if quick else S3Uploader(output)

@@ -1,83 +1,34 @@
 """Running ffprobe/ffmpeg: one process group per command, a timeout, no unread pipe,
 the stderr tail kept for the error message, kernel limits (address space, CPU time) on every
-child, and a per-job control that carries the job's time budget and lets the main thread kill
-every process group of a job at the shutdown deadline.
+child (clipper.media.limits), and a per-job control that carries the job's time budget, lets
+the main thread kill every process group of a job at the shutdown deadline, and through which
+the job hears of ffmpeg's progress and the loop of failed subprocesses.
 """
 
 from __future__ import annotations
 
 import os
-import resource
 import shutil
 import signal
 import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import ffmpeg
 
 from clipper.errors import Cancelled, EmptyOutput, PermanentError, TransientError
-from clipper.settings import MediaSettings
+from clipper.media.limits import ChildLimits, JobTimeLimit, _Process
+from clipper.media.progress import PROGRESS_OPTIONS, FfmpegProgress, read_progress
 
 STDERR_TAIL_BYTES = 2000
 
 # After kill -9 of the daemon its ffmpeg children would run on as orphans (they have their own
 # session); util-linux's setpriv sets PR_SET_PDEATHSIG so the kernel kills them with it.
 _PDEATHSIG = ["setpriv", "--pdeathsig", "KILL", "--"] if shutil.which("setpriv") else []
-# util-linux's prlimit sets the limits and execs the command: a preexec_fn would run Python
-# between fork and exec, which can deadlock in a process with threads (the daemon's workers).
-_PRLIMIT = shutil.which("prlimit")
-# seconds of CPU between the soft limit (SIGXCPU, which ffmpeg catches to exit cleanly) and
-# the hard one (SIGKILL)
-CPU_GRACE = 2
-# what a child says when an allocation, a thread stack or a library mapping was refused
-_NO_MEMORY = ("Cannot allocate memory", "Resource temporarily unavailable", "failed to map segment",
-              "malloc of size", "Out of memory", "std::bad_alloc")
-
-
-@dataclass(frozen=True)
-class ChildLimits:
-    """Kernel limits of every ffmpeg/ffprobe child (0: none): address space in bytes
-    (RLIMIT_AS) and CPU seconds (RLIMIT_CPU). A hostile source must not take the host down."""
-
-    memory: int = 0
-    cpu: int = 0
-
-    @classmethod
-    def from_settings(cls, media: MediaSettings) -> ChildLimits:
-        return cls(media.max_child_memory, media.max_child_cpu)
-
-    def prefix(self) -> list[str]:
-        limits = ([f"--as={self.memory}"] if self.memory else []) + (
-            [f"--cpu={self.cpu}:{self.cpu + CPU_GRACE}"] if self.cpu else [])
-        if not limits:
-            return []
-        if _PRLIMIT is None:
-            raise TransientError("prlimit (util-linux) is not installed: cannot limit ffmpeg's memory and CPU")
-        return [_PRLIMIT, *limits, "--"]
-
-    def exceeded(self, returncode: int, usage: resource.struct_rusage | None, stderr_tail: str) -> str | None:
-        """Which limit killed or starved a failed child, or None. CPU: its own CPU time (wait4)
-        reached the limit; memory: it says an allocation failed, or crashed on one."""
-        if returncode == 0:
-            return None
-        cpu_used = usage.ru_utime + usage.ru_stime if usage is not None else 0.0
-        if self.cpu and (returncode == -signal.SIGXCPU or cpu_used >= self.cpu - 0.5):
-            return f"killed at the CPU-time limit media.max_child_cpu = {self.cpu} s (used {cpu_used:.1f} s)"
-        crashed = returncode in (-signal.SIGSEGV, -signal.SIGABRT, -signal.SIGBUS)
-        if self.memory and (crashed or any(marker in stderr_tail for marker in _NO_MEMORY)):
-            return f"ran out of memory under the limit media.max_child_memory = {self.memory} bytes"
-        return None
-
-
-class JobTimeLimit(PermanentError):
-    """The job used up `media.job_timeout`: the same input would use it up again."""
-
-
 # Demuxers we accept for source media. Anything else (HLS, DASH, concat, image2 with
 # patterns, ...) could make ffmpeg open other files or URLs named inside the media.
 SOURCE_FORMAT_WHITELIST = "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi,flv,mpegts,mp3,ogg,wav,aac,mpeg"
@@ -96,6 +47,10 @@ class JobControl:
     limits: ChildLimits = ChildLimits()
     budget: float = 0.0  # media.job_timeout while a budget runs
     _deadline: float | None = None  # monotonic end of the budget
+    # ffmpeg's reports while the job watches them (set around an encode; None: not asked)
+    progress: Callable[[FfmpegProgress], None] | None = None
+    # (program, reason) of each subprocess that failed: "exit", "signal", "timeout", "cancelled"
+    failed: Callable[[str, str], None] | None = None
     _procs: set[subprocess.Popen] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -147,22 +102,6 @@ def _kill_group(proc: subprocess.Popen) -> None:
         pass
 
 
-class _Process(subprocess.Popen):
-    """A Popen that reaps its child with wait4 and keeps its resource usage: the child's own
-    CPU time is what tells a CPU-limit kill from a kill by anyone else."""
-
-    rusage: resource.struct_rusage | None = None
-
-    def _try_wait(self, wait_flags: int) -> tuple[int, int]:
-        try:
-            pid, status, usage = os.wait4(self.pid, wait_flags)
-        except ChildProcessError:  # SIGCHLD ignored: as Popen does, the status is lost
-            return self.pid, 0
-        if pid == self.pid:
-            self.rusage = usage
-        return pid, status
-
-
 @dataclass(frozen=True)
 class CommandResult:
     returncode: int
@@ -180,12 +119,14 @@ def run_command(
     capture_stdout: bool = False,
     failure: type[PermanentError] | type[TransientError] = PermanentError,
     check: bool = True,
+    progress: Callable[[FfmpegProgress], None] | None = None,
 ) -> CommandResult:
     """Run `cmd` in its own process group (start_new_session: a kill reaches ffmpeg's children
     too, and a Ctrl-C on the terminal does not reach it before the daemon decides).
 
     stderr goes to an unlinked temporary file rather than a pipe, so a chatty process can never
-    block on a full pipe and memory stays bounded; stdout is read only when asked for. With a
+    block on a full pipe and memory stays bounded; stdout is read only when asked for, or by a
+    thread that parses `-progress` reports (`progress`) and never stops draining the pipe. With a
     `control`, the job's `ChildLimits` apply and the timeout is cut to its remaining budget; a
     child stopped by either is a PermanentError naming the setting.
     """
@@ -199,7 +140,7 @@ def run_command(
             proc = _Process(
                 [*_PDEATHSIG, *limits.prefix(), *cmd],
                 stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE if capture_stdout else subprocess.DEVNULL,
+                stdout=subprocess.PIPE if capture_stdout or progress else subprocess.DEVNULL,
                 stderr=err,
                 start_new_session=True,
                 close_fds=True,
@@ -209,7 +150,7 @@ def run_command(
         if control is not None:
             control._register(proc)
         try:
-            stdout = _communicate(proc, timeout, what, by_budget, control)
+            stdout = _wait(proc, timeout, what, progress, by_budget, control, cmd[0])
         finally:
             if control is not None:
                 control._unregister(proc)
@@ -218,6 +159,9 @@ def run_command(
         err.seek(max(0, size - STDERR_TAIL_BYTES))
         tail = err.read().decode("utf-8", "replace").strip()
     result = CommandResult(proc.returncode, stdout or b"", tail, time.monotonic() - started)
+    if proc.returncode != 0 and control is not None and control.failed is not None:
+        cancelled = control.cancelled.is_set()
+        control.failed(cmd[0], "cancelled" if cancelled else "signal" if proc.returncode < 0 else "exit")
     if control is not None:
         control.check()  # killed by shutdown: not a failure of the job
     limit = limits.exceeded(proc.returncode, proc.rusage, tail)
@@ -229,16 +173,26 @@ def run_command(
     return result
 
 
-def _communicate(proc: subprocess.Popen, timeout: float, what: str, by_budget: bool,
-                 control: JobControl | None) -> bytes | None:
-    """Wait for the process; on a timeout kill its group. A timeout is permanent: the same
-    command on the same local input takes as long next time (network waits are not here)."""
+def _wait(proc: subprocess.Popen, timeout: float, what: str, progress: Callable[[FfmpegProgress], None] | None,
+          by_budget: bool, control: JobControl | None, program: str) -> bytes | None:
+    """Wait for `proc` (reading stdout as asked); on timeout or any interruption kill its group.
+    A timeout is permanent: the same command on the same input takes as long next time."""
+    reader = None
+    if progress is not None and proc.stdout is not None:
+        reader = threading.Thread(target=read_progress, args=(proc.stdout, progress), daemon=True,
+                                  name="ffmpeg-progress")
+        reader.start()
     try:
+        if reader is not None:
+            proc.wait(timeout=timeout)
+            return None
         stdout, _ = proc.communicate(timeout=timeout)
         return stdout
     except subprocess.TimeoutExpired:
         _kill_group(proc)
-        proc.communicate()
+        _reap(proc, reader)
+        if control is not None and control.failed is not None:
+            control.failed(program, "timeout")
         if control is not None and control.is_cancelled():
             control.check()  # a shutdown that came at the same moment: not the job's fault
         if by_budget and control is not None:
@@ -247,8 +201,19 @@ def _communicate(proc: subprocess.Popen, timeout: float, what: str, by_budget: b
         raise PermanentError(f"{what} timed out after {timeout:g} s; the same input would time out again") from None
     except BaseException:
         _kill_group(proc)
-        proc.communicate()
+        _reap(proc, reader)
         raise
+    finally:
+        if reader is not None:
+            reader.join()
+            proc.stdout.close()  # type: ignore[union-attr]
+
+
+def _reap(proc: subprocess.Popen, reader: threading.Thread | None) -> None:
+    if reader is not None:
+        proc.wait()
+    else:
+        proc.communicate()
 
 
 def ffmpeg_base() -> list[str]:
@@ -277,7 +242,10 @@ def run_ffmpeg(cmd: Sequence[str], *, what: str, timeout: float, control: JobCon
     operator) or out of disk/memory is transient; any other non-zero exit is a property of
     the media and the command, so retrying cannot help (permanent). Timeouts, limits and
     shutdown are handled by run_command (PermanentError, Cancelled)."""
-    result = run_command(cmd, what=what, timeout=timeout, control=control, check=False)
+    watch = control.progress if control is not None else None
+    if watch is not None:  # global options: right after the program name
+        cmd = [cmd[0], *PROGRESS_OPTIONS, *cmd[1:]]
+    result = run_command(cmd, what=what, timeout=timeout, control=control, check=False, progress=watch)
     if result.returncode == 0:
         return result
     last = " | ".join(result.stderr_tail.splitlines()[-3:]) or "no error output"

@@ -25,6 +25,8 @@ FORBIDDEN = [
     ("clipper.policy", "clipper.queue", "the retry policy decides, the loop records"),
     ("clipper.runner", "redis", "a job runner reports; only the main thread talks to Redis"),
     ("clipper.runner", "clipper.queue", "a job runner reports; only the main thread talks to Redis"),
+    ("clipper.metrics", "redis", "metrics read live values through callables, never Redis keys"),
+    ("clipper.metrics", "clipper.queue", "metrics read live values through callables, never Redis keys"),
 ]
 
 
