@@ -18,7 +18,7 @@ import redis
 
 from clipper import __version__, logs
 from clipper.daemon import AlreadyRunning, PidLock, Readiness, lock_holder, start_detached, stop_and_wait
-from clipper.errors import PermanentError, SettingsError
+from clipper.errors import SettingsError
 from clipper.queue import ReliableQueue, connect_redis, default_consumer_id
 from clipper.settings import Settings, load_settings
 
@@ -190,21 +190,16 @@ def cmd_reload(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
-    from clipper.jobs.fetch import check_source_policy
-    from clipper.jobs.spec import parse_message
+    from clipper.client import Client, InvalidMessage
 
     raw = sys.stdin.buffer.read() if args.message == "-" else args.message.encode()
+    client = Client.from_settings(settings)
     try:
-        spec = parse_message(raw, settings.media)
-        check_source_policy(spec.source, settings.fetch)  # what the daemon would refuse anyway
-    except PermanentError as exc:
-        reason = str(exc)
-        return _fail(reason if reason.startswith("invalid message") else f"invalid message: {reason}", 2)
-    try:
-        _queue(settings).push(raw.strip())
+        print(client.submit(raw))
+    except InvalidMessage as exc:
+        return _fail(str(exc), 2)
     except redis.RedisError as exc:
         return _fail(_unreachable(settings, exc))
-    print(spec.id)
     return 0
 
 
@@ -247,6 +242,13 @@ def cmd_dead(args: argparse.Namespace, settings: Settings) -> int:
         return _fail(_unreachable(settings, exc))
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    from clipper.schemas import schema_text
+
+    sys.stdout.write(schema_text(args.which))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="clipper", description="Clip videos from a Redis queue into object storage.")
     p.add_argument("--version", action="version", version=f"clipper {__version__}")
@@ -280,11 +282,17 @@ def build_parser() -> argparse.ArgumentParser:
     dead.add_argument("ids", nargs="*", metavar="ID", help="with retry: only these job ids")
     dead.add_argument("--limit", type=int, default=100)
     dead.add_argument("--json", action="store_true")
+    schema = sub.add_parser("schema", help="print the JSON Schema (draft 2020-12) of a message or a result",
+                            description="print the JSON Schema (draft 2020-12) of a message or a result")
+    schema.add_argument("which", choices=["message", "result"])
+    schema.set_defaults(func=cmd_schema, needs_settings=False)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not getattr(args, "needs_settings", True):
+        return int(args.func(args) or 0)
     try:
         settings = load_settings(args.env, overrides=_overrides(args))
     except SettingsError as exc:

@@ -218,6 +218,11 @@ class Keys:
     queue: str
 
     @property
+    def high(self) -> str:
+        """The high-priority lane: claimed before `queue` (see claim)."""
+        return f"{self.queue}:high"
+
+    @property
     def retry(self) -> str:
         return f"{self.queue}:retry"
 
