@@ -22,8 +22,9 @@ from typing import Any
 
 import redis
 
+from clipper.cancel import Canceller, CancelOutcome
 from clipper.errors import PermanentError
-from clipper.queue import Keys, connect_redis
+from clipper.queue import Keys, ReliableQueue, connect_redis
 from clipper.settings import FetchSettings, MediaSettings, RedisSettings, Settings, load_settings
 
 FINISHED = frozenset({"done", "failed", "cancelled"})
@@ -54,25 +55,34 @@ class Client:
     """A producer's handle on one queue (`redis.queue`); thread-safe like a redis-py client."""
 
     def __init__(self, client: redis.Redis, *, queue: str = "clipper:jobs", media: MediaSettings | None = None,
-                 fetch: FetchSettings | None = None):
+                 fetch: FetchSettings | None = None, result_ttl: int = 7 * 24 * 3600):
+        from clipper.jobs.spec import job_id_for_raw, reply_to_for_raw
+        from clipper.policy import cancelled_result
+
         self.r = client
         self.keys = Keys(queue)
         self.media = media or MediaSettings()
         self.fetch = fetch or FetchSettings()
+        # the consumer name is never used: a producer holds nothing
+        self._canceller = Canceller(ReliableQueue(client, queue, "producer", job_id_of=job_id_for_raw, result_ttl=result_ttl),
+                                    cancelled_result, reply_to_for_raw)
 
     @classmethod
     def from_settings(cls, settings: Settings | str) -> Client:
         """From a Settings object or the name of an ENV (`settings/ENV.toml`, as the command does)."""
         if isinstance(settings, str):
             settings = load_settings(settings)
-        return cls(connect_redis(settings.redis), queue=settings.redis.queue, media=settings.media, fetch=settings.fetch)
+        return cls(connect_redis(settings.redis), queue=settings.redis.queue, media=settings.media, fetch=settings.fetch,
+                   result_ttl=settings.results.ttl)
 
     @classmethod
     def from_url(cls, url: str, *, queue: str = "clipper:jobs", media: MediaSettings | None = None,
-                 fetch: FetchSettings | None = None) -> Client:
+                 fetch: FetchSettings | None = None, result_ttl: int = 7 * 24 * 3600) -> Client:
         """`media`/`fetch`: the daemon's settings, when they differ from the defaults (e.g. private
-        sources allowed), so that checks here match the daemon's."""
-        return cls(connect_redis(RedisSettings(url=url, queue=queue)), queue=queue, media=media, fetch=fetch)
+        sources allowed), so that checks here match the daemon's; `result_ttl`: its results.ttl
+        (how long the record of a job cancelled here is kept)."""
+        return cls(connect_redis(RedisSettings(url=url, queue=queue)), queue=queue, media=media, fetch=fetch,
+                   result_ttl=result_ttl)
 
     def close(self) -> None:
         self.r.close()
@@ -99,6 +109,12 @@ class Client:
         raw, job_id, priority = self.check(message)
         self.r.lpush(self.keys.high if priority == "high" else self.keys.queue, raw)
         return job_id
+
+    def cancel(self, job_id: str) -> CancelOutcome:
+        """Cancel a job: "cancelled" (it was queued or retrying: finished now), "cancelling" (a
+        daemon runs it: killed within a second, nothing more uploaded, then `cancelled`),
+        "done"/"failed" (already finished: left as it is), or "unknown"."""
+        return self._canceller.cancel(job_id)
 
     # -- following a job ------------------------------------------------------------------------
     def status(self, job_id: str) -> JobStatus | None:

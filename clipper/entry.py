@@ -25,7 +25,7 @@ from clipper import __version__, logs
 from clipper.daemon import CannotStart, Readiness
 from clipper.jobs.spec import job_id_for_raw, reply_to_for_raw
 from clipper.media.command import JobControl
-from clipper.policy import Ack, Bury, Failure, Outcome, OutputBreaker, Requeue, Retry, RetryPolicy
+from clipper.policy import Ack, Bury, Failure, Outcome, OutputBreaker, Requeue, Retry, RetryPolicy, cancelled_result
 from clipper.queue import ReliableQueue, connect_redis, default_consumer_id, redis_trouble, unreachable
 from clipper.runner import InFlight, JobRunner
 from clipper.settings import Settings
@@ -97,7 +97,7 @@ class Supervisor:
         self.abandoned = 0  # workers left stuck after the deadline (their items were requeued)
         self.breaker = OutputBreaker(settings.retry)
         self.policy = RetryPolicy(settings.retry, self.breaker)
-        self._next = {"heartbeat": 0.0, "promote": 0.0, "reap": 0.0}
+        self._next = {"heartbeat": 0.0, "promote": 0.0, "reap": 0.0, "trim_dead": 0.0}
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="clipper-worker")
         self._runner = JobRunner(settings, self.scratch, self._progress)
 
@@ -225,11 +225,15 @@ class Supervisor:
     def _start(self, raw: bytes) -> None:
         job_id = job_id_for_raw(raw)
         try:
-            attempts = self.queue.mark_claimed(job_id)
+            attempts, cancel = self.queue.mark_claimed(job_id)
         except redis.RedisError as exc:
-            attempts = 1  # counted as best we can; the item is safe in our processing list
+            attempts, cancel = 1, False  # counted as best we can; the item is safe in our processing list
             self.log.error("job.count_failed", job_id=job_id, error=str(exc))
         log = self.log.bind(job_id=job_id, attempt=attempts)
+        if cancel:  # cancelled while it was on its way to us
+            log.warning("job.cancelled", seconds=0.0, reason="request")
+            self.outcomes.append(Ack(raw, job_id, attempts, cancelled_result(job_id, attempts), reply_to_for_raw(raw)))
+            return
         poison = self.policy.poison(raw, job_id, attempts, reply_to_for_raw(raw), log)
         if poison is not None:
             self.outcomes.append(poison)
@@ -302,6 +306,13 @@ class Supervisor:
 
     def _maintain(self, force: bool = False) -> None:
         now = time.monotonic()
+        self._notice_cancels()
+        if force or now >= self._next["trim_dead"]:
+            dead = self.settings.dead
+            dropped = self.queue.trim_dead(dead.max_entries, dead.max_age)
+            if dropped:
+                self.log.info("dead.trimmed", dropped=dropped, max_entries=dead.max_entries, max_age=dead.max_age)
+            self._next["trim_dead"] = now + 1.0
         if force or now >= self._next["heartbeat"]:
             self._heartbeat()
             self._next["heartbeat"] = now + self.settings.redis.heartbeat_ttl / 3
@@ -316,6 +327,16 @@ class Supervisor:
                     self.log.warning("job.requeued", job_id=job_id, reason=f"reaped from dead consumer {consumer}")
             self._requeue_orphans()
             self._next["reap"] = now + self.settings.redis.heartbeat_ttl / 2
+
+    def _notice_cancels(self) -> None:
+        """Every pass of the loop (at least once a second): kill the jobs someone cancelled,
+        from any host, through their flag in Redis. The runner then reports them cancelled."""
+        running = {item.job_id: item for item in self.in_flight.values() if not item.control.is_cancelled()}
+        if not running:
+            return
+        for job_id in self.queue.cancel_requested(list(running)):
+            self.log.warning("job.cancelling", job_id=job_id, reason="cancel requested")
+            running[job_id].control.cancel("request")
 
     def _requeue_orphans(self) -> None:
         """Items in our processing list that no worker holds (a BLMOVE whose reply was lost)

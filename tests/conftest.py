@@ -50,7 +50,7 @@ DEFAULT_SETTINGS: dict[str, dict[str, Any]] = {
     "retry": {"max_attempts": 3, "backoff_base": 0.2, "backoff_max": 1},
 }
 
-FINISHED = ("done", "failed")
+FINISHED = ("done", "failed", "cancelled")
 
 
 # -- services ------------------------------------------------------------------------------------

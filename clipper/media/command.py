@@ -39,6 +39,7 @@ class JobControl:
 
     job_id: str = ""
     cancelled: threading.Event = field(default_factory=threading.Event)
+    reason: str = "shutdown"  # or "request": `clipper cancel` (the job is finished, not requeued)
     _procs: set[subprocess.Popen] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -47,7 +48,7 @@ class JobControl:
 
     def check(self) -> None:
         if self.cancelled.is_set():
-            raise Cancelled(f"job {self.job_id} cancelled by shutdown")
+            raise Cancelled(f"job {self.job_id} cancelled by {self.reason}")
 
     def _register(self, proc: subprocess.Popen) -> None:
         with self._lock:
@@ -59,8 +60,12 @@ class JobControl:
         with self._lock:
             self._procs.discard(proc)
 
-    def cancel(self) -> None:
-        """Kill every process group of this job; the worker then raises Cancelled."""
+    def cancel(self, reason: str = "shutdown") -> None:
+        """Kill every process group of this job; the worker then raises Cancelled. The first
+        reason stands (a job cancelled on request stays so when the shutdown deadline comes)."""
+        with self._lock:
+            if not self.cancelled.is_set():
+                self.reason = reason
         self.cancelled.set()
         with self._lock:
             procs = list(self._procs)
