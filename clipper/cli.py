@@ -171,8 +171,10 @@ def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps(stats))
         return 0
     print(f"queue       {stats['queue']}")
-    for key in ("pending", "processing", "retry", "dead"):
+    print(f"pending     {stats['pending']} ({stats['pending_high']} high)")
+    for key in ("processing", "retry"):
         print(f"{key:<11} {stats[key]}")
+    print(f"dead        {stats['dead']} ({stats['dead_dropped']} dropped by retention so far)")
     print(f"consumers   {len(stats['consumers'])} live")
     for c in stats["consumers"]:
         jobs = ", ".join(c.get("jobs", [])) or "-"
