@@ -19,7 +19,7 @@ import redis
 
 from clipper import __version__
 from clipper.daemon import Readiness, live, lock_holder, start_detached, stop_and_wait
-from clipper.errors import PermanentError, SettingsError
+from clipper.errors import SettingsError
 from clipper.queue import ReliableQueue, connect_redis, default_consumer_id, unreachable
 from clipper.settings import Settings, load_settings
 from clipper.sources.session import SourceCache
@@ -162,21 +162,16 @@ def cmd_reload(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
-    from clipper.jobs.fetch import check_source_policy
-    from clipper.jobs.spec import parse_message
+    from clipper.client import Client, InvalidMessage
 
     raw = sys.stdin.buffer.read() if args.message == "-" else args.message.encode()
+    client = Client.from_settings(settings)
     try:
-        spec = parse_message(raw, settings.media, settings.redis.queue)
-        check_source_policy(spec.source, settings.fetch)  # what the daemon would refuse anyway
-    except PermanentError as exc:
-        reason = str(exc)
-        return _fail(reason if reason.startswith("invalid message") else f"invalid message: {reason}", 2)
-    try:
-        _queue(settings).push(raw.strip())
+        print(client.submit(raw))
+    except InvalidMessage as exc:
+        return _fail(str(exc), 2)
     except redis.RedisError as exc:
         return _fail(_unreachable(settings, exc))
-    print(spec.id)
     return 0
 
 
@@ -255,10 +250,57 @@ def cmd_dead(args: argparse.Namespace, settings: Settings) -> int:
         if args.action == "retry":
             print(f"requeued {q.dead_retry(args.ids or None)} dead letter(s)")
             return 0
+        if args.action == "show":
+            return _show_dead(q, args.ids)
         print(f"purged {q.dead_purge()} dead letter(s)")
         return 0
     except redis.RedisError as exc:
         return _fail(_unreachable(settings, exc))
+
+
+def _show_dead(q: ReliableQueue, ids: list[str]) -> int:
+    """One dead letter (the newest of the job), its message decoded when it is JSON."""
+    if len(ids) != 1:
+        return _fail("dead show takes exactly one job id", 2)
+    entry = q.dead_entry(ids[0])
+    if entry is None:
+        return _fail(f"no dead letter of job {ids[0]!r} (retried, purged, or dropped by dead.max_entries/max_age)")
+    letter = json.loads(entry)
+    try:
+        letter["message"] = json.loads(letter["raw"])
+    except (ValueError, TypeError, KeyError, RecursionError):
+        pass
+    print(json.dumps(letter, indent=2, ensure_ascii=False))
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
+    from clipper.client import Client
+
+    client = Client.from_settings(settings)
+    try:
+        outcomes = {job_id: client.cancel(job_id) for job_id in args.ids}
+    except redis.RedisError as exc:
+        return _fail(_unreachable(settings, exc))
+    for job_id, outcome in outcomes.items():
+        print(f"{job_id}  {CANCEL_SAYS[outcome]}")
+    return 1 if "unknown" in outcomes.values() else 0
+
+
+CANCEL_SAYS = {
+    "cancelled": "cancelled",
+    "cancelling": "cancelling (a daemon is running it: stopped within a second)",
+    "done": "already done: left as it is",
+    "failed": "already failed: left as it is",
+    "unknown": "unknown job (never pushed, or its record expired)",
+}
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from clipper.schemas import schema_text
+
+    sys.stdout.write(schema_text(args.which))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -297,15 +339,23 @@ def build_parser() -> argparse.ArgumentParser:
     command("check", "health: exit 0 when Redis answers, this host's daemon is alive and not stuck, and the "
             "output takes a write; else 1 and the reason", cmd_check)
     dead = command("dead", "inspect and requeue dead letters", cmd_dead)
-    dead.add_argument("action", choices=["list", "retry", "purge"])
-    dead.add_argument("ids", nargs="*", metavar="ID", help="with retry: only these job ids")
+    dead.add_argument("action", choices=["list", "show", "retry", "purge"])
+    dead.add_argument("ids", nargs="*", metavar="ID", help="show: the job id; retry: only these job ids")
     dead.add_argument("--limit", type=int, default=100)
     dead.add_argument("--json", action="store_true")
+    command("cancel", "cancel queued, retrying or running jobs; a finished job is left as it is",
+            cmd_cancel).add_argument("ids", nargs="+", metavar="ID")
+    schema = sub.add_parser("schema", help="print the JSON Schema (draft 2020-12) of a message or a result",
+                            description="print the JSON Schema (draft 2020-12) of a message or a result")
+    schema.add_argument("which", choices=["message", "result"])
+    schema.set_defaults(func=cmd_schema, needs_settings=False)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not getattr(args, "needs_settings", True):
+        return int(args.func(args) or 0)
     try:
         settings = load_settings(args.env, overrides=_overrides(args))
     except SettingsError as exc:

@@ -26,7 +26,7 @@ from clipper.daemon import CannotStart, Readiness
 from clipper.jobs.spec import job_id_for_raw, reply_to_for_raw
 from clipper.media.command import JobControl
 from clipper.observer import Observer
-from clipper.policy import Ack, Bury, Failure, Outcome, OutputBreaker, Requeue, Retry, RetryPolicy
+from clipper.policy import Ack, Bury, Failure, Outcome, OutputBreaker, Requeue, Retry, RetryPolicy, cancelled_result
 from clipper.queue import ReliableQueue, connect_redis, default_consumer_id, redis_trouble, unreachable
 from clipper.runner import InFlight, JobRunner
 from clipper.settings import Settings
@@ -98,7 +98,7 @@ class Supervisor:
         self.abandoned = 0  # workers left stuck after the deadline (their items were requeued)
         self.breaker = OutputBreaker(settings.retry)
         self.policy = RetryPolicy(settings.retry, self.breaker)
-        self._next = {"heartbeat": 0.0, "promote": 0.0, "reap": 0.0}
+        self._next = {"heartbeat": 0.0, "promote": 0.0, "reap": 0.0, "trim_dead": 0.0}
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="clipper-worker")
         self.observer = Observer(settings, self.queue, self.workers, in_flight=lambda: len(self.in_flight),
                                  breaker=self.breaker.state)
@@ -229,12 +229,17 @@ class Supervisor:
     def _start(self, raw: bytes) -> None:
         job_id = job_id_for_raw(raw)
         try:
-            attempts = self.queue.mark_claimed(job_id)
+            attempts, cancel = self.queue.mark_claimed(job_id)
         except redis.RedisError as exc:
-            attempts = 1  # counted as best we can; the item is safe in our processing list
+            attempts, cancel = 1, False  # counted as best we can; the item is safe in our processing list
             self.log.error("job.count_failed", job_id=job_id, error=str(exc))
         log = self.log.bind(job_id=job_id, attempt=attempts)
-        poison = self.policy.poison(raw, job_id, attempts, reply_to_for_raw(raw, self.settings.redis.queue), log)
+        reply_to = reply_to_for_raw(raw, self.settings.redis.queue)
+        if cancel:  # cancelled while it was on its way to us
+            log.warning("job.cancelled", seconds=0.0, reason="request")
+            self.outcomes.append(Ack(raw, job_id, attempts, cancelled_result(job_id, attempts), reply_to))
+            return
+        poison = self.policy.poison(raw, job_id, attempts, reply_to, log)
         if poison is not None:
             self.outcomes.append(poison)
             return
@@ -313,6 +318,13 @@ class Supervisor:
 
     def _maintain(self, force: bool = False) -> None:
         now = time.monotonic()
+        self._notice_cancels()
+        if force or now >= self._next["trim_dead"]:
+            dead = self.settings.dead
+            dropped = self.queue.trim_dead(dead.max_entries, dead.max_age)
+            if dropped:
+                self.log.info("dead.trimmed", dropped=dropped, max_entries=dead.max_entries, max_age=dead.max_age)
+            self._next["trim_dead"] = now + 1.0
         if force or now >= self._next["heartbeat"]:
             self._heartbeat()
             self._next["heartbeat"] = now + self.settings.redis.heartbeat_ttl / 3
@@ -329,6 +341,16 @@ class Supervisor:
             self._next["reap"] = now + self.settings.redis.heartbeat_ttl / 2
         for finding in self.queue.foreign.untold():  # squatters the heartbeat or the reaper met
             self.log.error("queue.foreign_key", finding=finding)
+
+    def _notice_cancels(self) -> None:
+        """Every pass of the loop (at least once a second): kill the jobs someone cancelled,
+        from any host, through their flag in Redis. The runner then reports them cancelled."""
+        running = {item.job_id: item for item in self.in_flight.values() if not item.control.is_cancelled()}
+        if not running:
+            return
+        for job_id in self.queue.cancel_requested(list(running)):
+            self.log.warning("job.cancelling", job_id=job_id, reason="cancel requested")
+            running[job_id].control.cancel("request")
 
     def _requeue_orphans(self) -> None:
         """Items in our processing list that no worker holds (a BLMOVE whose reply was lost)

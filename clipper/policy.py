@@ -87,6 +87,15 @@ def failed_result(job_id: str, attempts: int, error: dict[str, str]) -> dict[str
     return {"id": job_id, "status": "failed", "attempts": attempts, "outputs": [], "timings": {}, "error": error}
 
 
+CANCELLED_MESSAGE = "cancelled on request (clipper cancel); outputs already uploaded stay, no manifest"
+
+
+def cancelled_result(job_id: str, attempts: int) -> dict[str, Any]:
+    """A job stopped by `clipper cancel`: no outputs listed, and no manifest was written."""
+    return {"id": job_id, "status": "cancelled", "attempts": attempts, "outputs": [], "timings": {},
+            "error": {"kind": "cancelled", "message": CANCELLED_MESSAGE}}
+
+
 class OutputBreaker:
     """A circuit breaker on the output (S3 bucket or directory). An upload that failed for the
     output's sake pauses claiming, with backoff; after the pause one job at a time is let

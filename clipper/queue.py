@@ -36,7 +36,10 @@ _RETRY_NONCE_LEN = 9  # "xxxxxxxx|"
 # Every script that writes a job record starts with the one type check in job_record.lua.
 _LUA = importlib.resources.files("clipper") / "lua"
 _WRITES_JOB_RECORD = ("mark_claimed", "ack", "retry_later", "bury", "requeue", "promote", "reap", "dead_retry",
-                      "bury_as_is")  # and the type checks of the keys items move into (`holds`)
+                      "bury_as_is", "cancel_waiting", "request_cancel")  # and the type checks of the keys items
+# move into (`holds`)
+# How many of the newest items of Q a claim looks at for high-priority messages pushed there.
+HIGH_SCAN = 1000
 
 
 def lua_source(name: str) -> str:
@@ -95,12 +98,22 @@ class Keys:
     queue: str
 
     @property
+    def high(self) -> str:
+        """The high-priority lane: claimed before `queue` (see claim)."""
+        return f"{self.queue}:high"
+
+    @property
     def retry(self) -> str:
         return f"{self.queue}:retry"
 
     @property
     def dead(self) -> str:
         return f"{self.queue}:dead"
+
+    @property
+    def dead_dropped(self) -> str:
+        """How many dead letters retention dropped (a counter)."""
+        return f"{self.queue}:dead:dropped"
 
     @property
     def consumers(self) -> str:
@@ -162,6 +175,8 @@ class ReliableQueue:
         self._dead_retry = client.register_script(lua_source("dead_retry"))
         self._heartbeat = client.register_script(lua_source("heartbeat"))
         self.foreign = ForeignKeys()  # squatters under Q: found on the way (see clipper/foreign.py)
+        self._claim_high = client.register_script(lua_source("claim_high"))
+        self._trim_dead = client.register_script(lua_source("trim_dead"))
 
     # -- producers -------------------------------------------------------------------------
     def push(self, raw: bytes | str) -> int:
@@ -169,24 +184,35 @@ class ReliableQueue:
 
     # -- taking and finishing work -----------------------------------------------------------
     def claim(self, timeout: float = 1.0) -> bytes | None:
-        """Move the oldest pending item into our processing list (blocks at most `timeout`)."""
+        """Move the oldest high-priority item, else the oldest pending item, into our processing
+        list (blocks at most `timeout` waiting for one)."""
+        raw = self._claim_high(keys=[self.keys.queue, self.keys.high, self.processing], args=[HIGH_SCAN])
+        if raw:
+            return raw
         return self.redis.blmove(self.keys.queue, self.processing, timeout, "RIGHT", "LEFT")
 
-    def mark_claimed(self, job_id: str) -> int:
-        """Count the attempt and mark the job running; returns the attempt number."""
-        now = _now()
-        attempts = int(self._checked(job_id, self._mark_claimed(keys=[self.keys.job(job_id)], args=[now])))
-        self.redis.publish(self.keys.events, _event(job_id, "running", attempts=attempts))
-        return attempts
+    def mark_claimed(self, job_id: str) -> tuple[int, bool]:
+        """Count the attempt and mark the job running; returns the attempt number, and whether a
+        cancel was asked for while the item was on its way to us."""
+        attempts, cancel = self.checked(job_id, self._mark_claimed(keys=[self.keys.job(job_id)], args=[_now()]))
+        self.redis.publish(self.keys.events, _event(job_id, "running", attempts=int(attempts)))
+        return int(attempts), bool(cancel)
+
+    def cancel_requested(self, job_ids: list[str]) -> set[str]:
+        """Those of `job_ids` (jobs we hold) that someone asked to cancel (see clipper.cancel)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hget(self.keys.job(job_id), "cancel_requested")
+        return {job_id for job_id, flag in zip(job_ids, pipe.execute(), strict=True) if flag}
 
     def ack(self, raw: bytes, job_id: str, result: dict[str, Any], reply_to: str | None = None) -> bool:
         """Record the result (job hash, event) and remove the item, in one step; then LPUSH the
         result to reply_to. Returns False when that reply could not be delivered (see _reply)."""
         payload = json.dumps(result, separators=(",", ":"))
-        self._checked(job_id, self._ack(keys=[self.processing, self.keys.job(job_id), self.keys.events],
+        self.checked(job_id, self._ack(keys=[self.processing, self.keys.job(job_id), self.keys.events],
                                         args=[raw, result.get("status", "done"), payload, _now(), self.result_ttl,
                                               _result_event(result)]))
-        return self._reply(reply_to, payload)
+        return self.reply(reply_to, payload)
 
     def retry_later(self, raw: bytes, job_id: str, delay: float, error: str, *, uncount: bool = False) -> bool:
         """Move the item to Q:retry, due in `delay` seconds; `uncount`: the attempt is not
@@ -194,7 +220,7 @@ class ReliableQueue:
         due = _now() + delay
         member = f"{random.getrandbits(32):08x}|".encode() + (raw if isinstance(raw, bytes) else raw.encode())
         event = _event(job_id, "retrying", due_at=round(due, 3), error=error)
-        return bool(self._checked(job_id, self._retry_later(
+        return bool(self.checked(job_id, self._retry_later(
             keys=[self.processing, self.keys.retry, self.keys.job(job_id), self.keys.events],
             args=[raw, member, due, _now(), event, error, "1" if uncount else "0"])))
 
@@ -205,11 +231,11 @@ class ReliableQueue:
         now = _now()
         entry = _dead_entry(raw, job_id, error, attempts, now)
         payload = json.dumps(result, separators=(",", ":"))
-        self._checked(job_id, self._bury(keys=[self.processing, self.keys.dead, self.keys.job(job_id), self.keys.events],
+        self.checked(job_id, self._bury(keys=[self.processing, self.keys.dead, self.keys.job(job_id), self.keys.events],
                                          args=[raw, entry, payload, now, self.result_ttl, _result_event(result)]))
-        return self._reply(reply_to, payload)
+        return self.reply(reply_to, payload)
 
-    def _reply(self, reply_to: str | None, payload: str) -> bool:
+    def reply(self, reply_to: str | None, payload: str) -> bool:
         """LPUSH the result to the producer's list, after the outcome is recorded: reply_to is
         the producer's key, not derived from Q, so in Redis Cluster it may live in another slot
         and cannot be part of the script. A key of another type, another slot than the client
@@ -226,7 +252,7 @@ class ReliableQueue:
             return False
         return True
 
-    def _checked(self, job_id: str, outcome: Any) -> Any:
+    def checked(self, job_id: str, outcome: Any) -> Any:
         if outcome == -2:
             squatters = self.foreign.squatters(self.redis, {self.keys.queue: "list", self.keys.dead: "list",
                                                             self.keys.retry: "zset"}, "items cannot move into it")
@@ -240,11 +266,11 @@ class ReliableQueue:
     def bury_as_is(self, raw: bytes, job_id: str, message: str, attempts: int) -> bool:
         """Dead-letter the item without touching its job record (which could not be written)."""
         entry = _dead_entry(raw, job_id, {"kind": "permanent", "message": message}, attempts, _now())
-        return bool(self._checked(job_id, self._bury_as_is(keys=[self.processing, self.keys.dead], args=[raw, entry])))
+        return bool(self.checked(job_id, self._bury_as_is(keys=[self.processing, self.keys.dead], args=[raw, entry])))
 
     def requeue(self, raw: bytes, job_id: str, *, uncount: bool = True) -> bool:
         """Put a held item back at the consuming end of Q (shutdown deadline)."""
-        return bool(self._checked(job_id, self._requeue(
+        return bool(self.checked(job_id, self._requeue(
             keys=[self.processing, self.keys.queue, self.keys.job(job_id), self.keys.events],
             args=[raw, _now(), _event(job_id, "queued"), "1" if uncount else "0"])))
 
@@ -374,10 +400,12 @@ class ReliableQueue:
                 in_flight[c] = held
         return {
             "queue": self.keys.queue,
-            "pending": read(self.keys.queue, "list", self.redis.llen, 0),
+            "pending": read(self.keys.queue, "list", self.redis.llen, 0) + read(self.keys.high, "list", self.redis.llen, 0),
+            "pending_high": read(self.keys.high, "list", self.redis.llen, 0),
             "processing": sum(in_flight.values()),
             "retry": read(self.keys.retry, "zset", self.redis.zcard, 0),
             "dead": read(self.keys.dead, "list", self.redis.llen, 0),
+            "dead_dropped": int(read(self.keys.dead_dropped, "string", self.redis.get, None) or 0),
             "consumers": live,
             "in_flight": in_flight,
             "foreign": found.all(),
@@ -389,12 +417,13 @@ class ReliableQueue:
         consumers = [c.decode() for c in self.redis.smembers(self.keys.consumers)]
         pipe = self.redis.pipeline(transaction=False)
         pipe.llen(self.keys.queue)
+        pipe.llen(self.keys.high)
         pipe.zcard(self.keys.retry)
         pipe.llen(self.keys.dead)
         for c in consumers:
             pipe.llen(self.keys.processing(c))
-        pending, retry, dead, *held = pipe.execute()
-        return {"pending": pending, "processing": sum(held), "retry": retry, "dead": dead}
+        pending, high, retry, dead, *held = pipe.execute()
+        return {"pending": pending + high, "processing": sum(held), "retry": retry, "dead": dead}
 
     def heartbeat_of(self, consumer: str | None = None) -> dict[str, Any] | None:
         """A consumer's (default: ours) last heartbeat, or None once it expired."""
@@ -429,6 +458,22 @@ class ReliableQueue:
             moved += max(0, int(self._dead_retry(keys=[self.keys.dead, self.keys.queue, self.keys.job(job_id)],
                                                  args=[entry, raw, _now()])))
         return moved
+
+    def trim_dead(self, max_entries: int, max_age: float, batch: int = 1000) -> int:
+        """Retention: drop the oldest dead letters beyond `max_entries` and older than `max_age`
+        seconds (0: no limit), counted in Q:dead:dropped; returns how many were dropped."""
+        cutoff = _now() - max_age if max_age > 0 else 0
+        return int(self._trim_dead(keys=[self.keys.dead, self.keys.dead_dropped], args=[max_entries, cutoff, batch]))
+
+    def dead_entry(self, job_id: str) -> bytes | None:
+        """The newest dead letter of a job, or None."""
+        for entry in self.redis.lrange(self.keys.dead, 0, -1):
+            try:
+                if str(json.loads(entry).get("id")) == job_id:
+                    return entry
+            except (ValueError, AttributeError):
+                continue
+        return None
 
     def dead_purge(self) -> int:
         pipe = self.redis.pipeline(transaction=True)

@@ -1,7 +1,7 @@
 """Runs one job on a pool thread and reports how it ended.
 
-The runner turns the pipeline's exceptions into a report: `Ack` (done), `Requeue` (cancelled by
-our own shutdown) or a `Failure` whose fate the retry policy decides on the main thread. It
+The runner turns the pipeline's exceptions into a report: `Ack` (done, or cancelled on request),
+`Requeue` (cancelled by our own shutdown) or a `Failure` whose fate the retry policy decides on the main thread. It
 knows neither Redis nor the queue: progress goes through the callable it is given.
 """
 
@@ -20,7 +20,7 @@ from clipper.jobs.spec import JobSpec, parse_message, reply_to_for_raw
 from clipper.jobs.upload import make_uploader
 from clipper.media.command import JobControl
 from clipper.metrics import Metrics
-from clipper.policy import Ack, Failure, Held, Requeue
+from clipper.policy import Ack, Failure, Held, Requeue, cancelled_result
 from clipper.settings import Settings
 from clipper.sources.session import SourceCache
 
@@ -65,7 +65,10 @@ class JobRunner:
                      timings=result["timings"])
             return Ack(item.raw, item.job_id, item.attempts, result, spec.reply_to)
         except Cancelled:
-            log.warning("job.cancelled", seconds=round(time.monotonic() - started, 3))
+            log.warning("job.cancelled", seconds=round(time.monotonic() - started, 3), reason=item.control.reason)
+            if item.control.reason == "request":  # clipper cancel: finished, nothing more uploaded
+                return Ack(item.raw, item.job_id, item.attempts, cancelled_result(item.job_id, item.attempts),
+                           spec.reply_to if spec else None)
             return Requeue(item.raw, item.job_id, item.attempts, "cancelled at the stop deadline", uncount=True)
         except OutputUnavailable as exc:
             return failure("output", str(exc))

@@ -106,6 +106,14 @@ class RetrySettings(_Section):
     backoff_max: float = Field(default=300.0, gt=0)
 
 
+class DeadSettings(_Section):
+    """Dead-letter retention: the oldest letters beyond either limit are dropped (and counted in
+    Q:dead:dropped); 0 means no limit."""
+
+    max_entries: int = Field(default=100_000, ge=0)
+    max_age: float = Field(default=30 * 24 * 3600.0, ge=0)
+
+
 class ResultsSettings(_Section):
     ttl: int = Field(default=7 * 24 * 3600, gt=0)
 
@@ -172,6 +180,7 @@ class Settings(_Section):
     retry: RetrySettings = RetrySettings()
     cache: CacheSettings = CacheSettings()
     results: ResultsSettings = ResultsSettings()
+    dead: DeadSettings = DeadSettings()
     media: MediaSettings = MediaSettings()
     metrics: MetricsSettings = MetricsSettings()
 

@@ -91,7 +91,7 @@ def job_lines(job_id: str, record: dict[str, str]) -> list[str]:
 def stats_lines(stats: dict[str, Any], jobs: dict[str, dict[str, str]] | None = None, width: int = 80) -> list[str]:
     """Queue depths, throughput over the last minute, each live consumer with its counters
     since start, and (with `jobs`: their records) one line per running job with a bar."""
-    lines = [f"queue       {stats['queue']}"] + [f"{key:<11} {stats[key]}" for key in DEPTHS]
+    lines = [f"queue       {stats['queue']}"] + [f"{key:<11} {stats[key]}" + _depth_note(key, stats) for key in DEPTHS]
     lines += [f"warning     {finding}" for finding in stats.get("foreign", [])]
     consumers = stats["consumers"]
     minute = {k: sum((c.get("last_minute") or {}).get(k, 0) for c in consumers) for k in ("done", "failed")}
@@ -107,6 +107,15 @@ def stats_lines(stats: dict[str, Any], jobs: dict[str, dict[str, str]] | None = 
     if "cache" in stats:
         lines += _cache_lines(stats["cache"])
     return lines
+
+
+def _depth_note(key: str, stats: dict[str, Any]) -> str:
+    """The high lane inside `pending`, and what dead-letter retention dropped so far."""
+    if key == "pending" and "pending_high" in stats:
+        return f" ({stats['pending_high']} high)"
+    if key == "dead" and "dead_dropped" in stats:
+        return f" ({stats['dead_dropped']} dropped by retention so far)"
+    return ""
 
 
 def _cache_lines(cache: dict[str, Any]) -> list[str]:

@@ -34,6 +34,9 @@ from services import (
     wait_for,
 )
 
+from clipper.jobs.spec import job_id_for_raw
+from clipper.schemas import schema_error
+
 REPO = Path(__file__).resolve().parent.parent
 QUEUE = "clipper:jobs"
 ENV = "test"
@@ -48,7 +51,7 @@ DEFAULT_SETTINGS: dict[str, dict[str, Any]] = {
     "retry": {"max_attempts": 3, "backoff_base": 0.2, "backoff_max": 1},
 }
 
-FINISHED = ("done", "failed")
+FINISHED = ("done", "failed", "cancelled")
 
 
 # -- services ------------------------------------------------------------------------------------
@@ -154,6 +157,7 @@ class ClipperHarness:
         self.settings: dict[str, dict[str, Any]] = {k: dict(v) for k, v in DEFAULT_SETTINGS.items()}
         self.settings["redis"]["url"] = redis_url
         self.pid: int | None = None
+        self.pushed: dict[str, bytes] = {}  # job id -> raw message, for the contract checks of wait_job
         self.configure(**overrides)
 
     # -- settings ---------------------------------------------------------------------------------
@@ -275,6 +279,7 @@ class ClipperHarness:
         raw = json.dumps(msg).encode() if isinstance(msg, (dict, list)) else msg
         raw = raw.encode() if isinstance(raw, str) else raw
         self.r.lpush(self.queue, raw)
+        self.pushed[job_id_for_raw(raw)] = raw
         return raw
 
     def job(self, job_id: str) -> dict[str, str]:
@@ -295,9 +300,25 @@ class ClipperHarness:
             except redis_lib.ConnectionError:
                 job = {}
             if job.get("status") in statuses:
+                self.check_contract(job_id, job)
                 return job
             time.sleep(0.1)
         raise AssertionError(f"job {job_id} not {'/'.join(statuses)} within {timeout:g} s: {job}\n{self.diagnostics()}")
+
+    def check_contract(self, job_id: str, job: dict[str, str]) -> None:
+        """Every result the tests see matches the result schema, and every message of the test
+        suite that a daemon did matches the message schema (a plain URL that is not JSON aside)."""
+        if "result" in job:
+            error = schema_error("result", json.loads(job["result"]))
+            assert error is None, f"the result of {job_id} does not match the result schema: {error}"
+        raw = self.pushed.get(job_id)
+        if job.get("status") == "done" and raw is not None:
+            try:
+                message = json.loads(raw)
+            except ValueError:
+                return
+            error = schema_error("message", message)
+            assert error is None, f"job {job_id} was done, but its message does not match the schema: {error}"
 
     def wait_jobs(self, job_ids: Iterable[str], statuses: Iterable[str] = FINISHED,
                   timeout: float = 60) -> dict[str, dict[str, str]]:

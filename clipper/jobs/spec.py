@@ -13,10 +13,10 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, ValidationError, field_validator, model_validator
 
 from clipper.errors import PermanentError
 from clipper.logs import scrub
@@ -31,7 +31,8 @@ ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 PREFIX_SEGMENT_RE = re.compile(r"[A-Za-z0-9_.=-]{1,128}")
 REPLY_TO_RE = re.compile(r"[A-Za-z0-9_:.{}\-]{1,200}")
-TIME_RE = re.compile(r"(\d{1,3}):([0-5]?\d):([0-5]?\d(?:\.\d{1,6})?)")
+# ASCII digits only, the whole string (what the JSON Schema says; Python's \d takes any Unicode digit)
+TIME_RE = re.compile(r"([0-9]{1,3}):([0-5]?[0-9]):([0-5]?[0-9](?:\.[0-9]{1,6})?)")
 SOURCE_SCHEMES = ("http", "https", "s3", "file")
 
 Mode = Literal["copy", "accurate", "smart"]
@@ -49,7 +50,7 @@ def parse_time(value: Any, field: str) -> float:
     if isinstance(value, (int, float)):
         seconds = float(value)
     elif isinstance(value, str):
-        m = TIME_RE.fullmatch(value.strip())
+        m = TIME_RE.fullmatch(value)
         if not m:
             raise ValueError(f"{field}: {value!r} is not seconds or HH:MM:SS(.fff)")
         seconds = int(m[1]) * 3600 + int(m[2]) * 60 + float(m[3])
@@ -66,6 +67,17 @@ def _check_name(value: str, what: str) -> str:
     return value
 
 
+def _json_integer(value: Any) -> int:
+    """A JSON integer: 5 or 5.0 (JSON Schema's "integer"), never "5" nor true."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError(f"expected an integer, got {value!r}")
+    return int(value)
+
+
+JsonInt = Annotated[int, BeforeValidator(_json_integer)]
+Priority = Literal["normal", "high"]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
 
@@ -79,10 +91,10 @@ class ClipRequest(_Strict):
     duration: Any = None
     mode: Mode | None = None
     format: ClipFormat | None = None
-    width: int | None = Field(default=None, ge=2, le=16384)
-    height: int | None = Field(default=None, ge=2, le=16384)
-    max: int | None = Field(default=None, ge=2, le=16384)
-    upscale: bool = False
+    width: JsonInt | None = Field(default=None, ge=2, le=16384)
+    height: JsonInt | None = Field(default=None, ge=2, le=16384)
+    max: JsonInt | None = Field(default=None, ge=2, le=16384)
+    upscale: StrictBool = False
 
     _n = field_validator("name")(lambda cls, v: _check_name(v, "clip name"))
 
@@ -90,11 +102,11 @@ class ClipRequest(_Strict):
 class ThumbRequest(_Strict):
     name: str
     at: Any
-    width: int | None = Field(default=None, ge=2, le=16384)
-    height: int | None = Field(default=None, ge=2, le=16384)
+    width: JsonInt | None = Field(default=None, ge=2, le=16384)
+    height: JsonInt | None = Field(default=None, ge=2, le=16384)
     fit: Literal["cover", "contain"] = "cover"
     format: ThumbFormat = "jpg"
-    quality: int = Field(default=85, ge=1, le=100)
+    quality: JsonInt = Field(default=85, ge=1, le=100)
 
     _n = field_validator("name")(lambda cls, v: _check_name(v, "thumbnail name"))
 
@@ -106,6 +118,7 @@ class MessageModel(_Strict):
     thumbnails: list[ThumbRequest] | None = None
     output_prefix: str | None = None
     reply_to: str | None = None
+    priority: Priority = "normal"
 
     @field_validator("id")
     @classmethod
@@ -187,6 +200,7 @@ class JobSpec:
     thumbnails: tuple[ThumbSpec, ...]
     output_prefix: str | None
     reply_to: str | None
+    priority: Priority = "normal"
 
     def output_dir_key(self, root_prefix: str) -> str:
         """`<output.prefix>/<output_prefix or id>`: a pure function of the message, so a
@@ -276,7 +290,10 @@ def names_queue_key(key: str, queue: str) -> bool:
 def _validate_source(url: str) -> str:
     if len(url) > 4096:
         raise PermanentError("source: URL longer than 4096 characters")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # e.g. "http://[zz]/": not an IPv6 address
+        raise PermanentError(f"source: not a valid URL ({exc}): {url[:80]!r}") from None
     if parts.scheme.lower() not in SOURCE_SCHEMES:
         raise PermanentError(
             f"source: scheme {parts.scheme or '(none)'!r} is not allowed (use {', '.join(SOURCE_SCHEMES)}): {url[:80]!r}"
@@ -374,4 +391,4 @@ def parse_message(raw: bytes | str, media: MediaSettings, queue: str) -> JobSpec
         raise PermanentError("message asks for nothing: give at least one clip or thumbnail")
     if len(clips) + len(thumbs) > media.max_clips:
         raise PermanentError(f"message asks for {len(clips) + len(thumbs)} outputs, more than media.max_clips = {media.max_clips}")
-    return JobSpec(job_id, source, clips, thumbs, model.output_prefix, model.reply_to)
+    return JobSpec(job_id, source, clips, thumbs, model.output_prefix, model.reply_to, model.priority)

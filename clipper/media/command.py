@@ -51,6 +51,7 @@ class JobControl:
     progress: Callable[[FfmpegProgress], None] | None = None
     # (program, reason) of each subprocess that failed: "exit", "signal", "timeout", "cancelled"
     failed: Callable[[str, str], None] | None = None
+    reason: str = "shutdown"  # or "request": `clipper cancel` (the job is finished, not requeued)
     _procs: set[subprocess.Popen] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -59,7 +60,7 @@ class JobControl:
 
     def check(self) -> None:
         if self.cancelled.is_set():
-            raise Cancelled(f"job {self.job_id} cancelled by shutdown")
+            raise Cancelled(f"job {self.job_id} cancelled by {self.reason}")
         if self._deadline is not None and time.monotonic() >= self._deadline:
             raise JobTimeLimit(f"the job used up its time budget media.job_timeout = {self.budget:g} s")
 
@@ -86,8 +87,12 @@ class JobControl:
         with self._lock:
             self._procs.discard(proc)
 
-    def cancel(self) -> None:
-        """Kill every process group of this job; the worker then raises Cancelled."""
+    def cancel(self, reason: str = "shutdown") -> None:
+        """Kill every process group of this job; the worker then raises Cancelled. The first
+        reason stands (a job cancelled on request stays so when the shutdown deadline comes)."""
+        with self._lock:
+            if not self.cancelled.is_set():
+                self.reason = reason
         self.cancelled.set()
         with self._lock:
             procs = list(self._procs)

@@ -256,3 +256,23 @@ def test_dead_retry_all_runs_them_again(clipper: ClipperHarness, http) -> None:
     clipper.start()
     jobs = clipper.wait_jobs(["later1", "later2"])
     assert {j["status"] for j in jobs.values()} == {"done"}
+
+
+def test_dead_letters_beyond_the_limit_are_dropped_oldest_first_and_counted(clipper: ClipperHarness) -> None:
+    clipper.configure(**{"workers.count": 1, "dead.max_entries": 3})
+    for i in range(5):  # one worker: buried in the order pushed
+        clipper.push(json.dumps({"id": f"bad{i}", "source": "gopher://x/"}))
+    clipper.start()
+    clipper.wait_jobs([f"bad{i}" for i in range(5)])
+    clipper.wait_until(lambda: len(clipper.dead()) == 3, 10, "retention to trim the dead letters")
+    assert [d["id"] for d in clipper.dead()] == ["bad4", "bad3", "bad2"]
+    stats = json.loads(clipper.cli("stats", ENV, "--json").stdout)
+    assert stats["dead"] == 3 and stats["dead_dropped"] == 2
+
+    shown = clipper.cli("dead", ENV, "show", "bad3")
+    assert shown.returncode == 0, shown
+    letter = json.loads(shown.stdout)
+    assert letter["id"] == "bad3" and letter["message"] == {"id": "bad3", "source": "gopher://x/"}
+    assert "gopher" in letter["error"]["message"]
+    gone = clipper.cli("dead", ENV, "show", "bad0")
+    assert gone.returncode == 1 and "no dead letter" in gone.stderr

@@ -41,12 +41,38 @@ def test_claim_times_out_empty(q) -> None:
 
 
 def test_mark_claimed_counts_attempts_and_resets_after_finish(q, redis) -> None:
-    assert q.mark_claimed("j") == 1
-    assert q.mark_claimed("j") == 2  # e.g. after a crash
+    assert q.mark_claimed("j") == (1, False)
+    assert q.mark_claimed("j") == (2, False)  # e.g. after a crash
     q.push(b"x")
     q.claim(0.1)
     q.ack(b"x", "j", {"id": "j", "status": "done"})
-    assert q.mark_claimed("j") == 1  # a new submission of a finished job starts afresh
+    assert q.mark_claimed("j") == (1, False)  # a new submission of a finished job starts afresh
+    redis.hset(f"{Q}:job:j", "cancel_requested", 1)
+    assert q.mark_claimed("j") == (2, True)  # cancelled while on its way: finished at once
+
+
+def test_claim_takes_high_first_even_pushed_to_q(q, redis) -> None:
+    high = json.dumps({"source": "http://x/v", "priority": "high"}).encode()
+    lane = json.dumps({"source": "http://x/w", "priority": "high"}).encode()
+    for raw in (b"n1", b"n2", high, b'{"priority": "normal"}', b"n3"):
+        q.push(raw)
+    redis.lpush(f"{Q}:high", lane)
+    assert q.claim(0.1) == lane  # the lane first, then the high one pushed to Q, then Q in order
+    assert q.claim(0.1) == high
+    assert [q.claim(0.1) for _ in range(4)] == [b"n1", b"n2", b'{"priority": "normal"}', b"n3"]
+    assert places(redis, high) == ["processing:c1"] and redis.llen(f"{Q}:high") == 0
+
+
+def test_trim_dead_keeps_the_newest_and_counts_the_dropped(q, redis) -> None:
+    now = time.time()
+    for i, age in enumerate((100, 90, 80, 5, 4, 3)):  # LPUSHed oldest first, as bury does
+        redis.lpush(f"{Q}:dead", json.dumps({"raw": f"m{i}", "id": f"j{i}", "failed_at": now - age}))
+    assert q.trim_dead(max_entries=5, max_age=0) == 1
+    assert q.trim_dead(max_entries=5, max_age=50) == 2
+    assert [json.loads(e)["id"] for e in redis.lrange(f"{Q}:dead", 0, -1)] == ["j5", "j4", "j3"]
+    assert q.trim_dead(max_entries=0, max_age=0) == 0
+    assert q.stats()["dead_dropped"] == 3
+    assert json.loads(q.dead_entry("j4"))["raw"] == "m4" and q.dead_entry("j0") is None
 
 
 def test_ack_records_result_reply_and_event(q, redis) -> None:
