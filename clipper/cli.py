@@ -17,9 +17,10 @@ from typing import Any
 import redis
 
 from clipper import __version__, logs
+from clipper.connections import connect_redis, wait_policy
 from clipper.daemon import AlreadyRunning, PidLock, Readiness, lock_holder, start_detached, stop_and_wait
 from clipper.errors import PermanentError, SettingsError
-from clipper.queue import ReliableQueue, connect_redis, default_consumer_id
+from clipper.queue import ReliableQueue, default_consumer_id
 from clipper.settings import Settings, load_settings
 
 
@@ -48,7 +49,7 @@ def _queue(settings: Settings) -> ReliableQueue:
     from clipper.jobs.spec import job_id_for_raw
 
     return ReliableQueue(connect_redis(settings.redis), settings.redis.queue, default_consumer_id(str(settings.daemon.pid_file)),
-                         job_id_of=job_id_for_raw, result_ttl=settings.results.ttl)
+                         job_id_of=job_id_for_raw, result_ttl=settings.results.ttl, wait=wait_policy(settings.redis))
 
 
 def _check_writable(settings: Settings) -> str | None:

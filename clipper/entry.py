@@ -23,13 +23,14 @@ from typing import Any, Literal
 import redis
 
 from clipper import __version__, logs
+from clipper.connections import connect_redis, wait_policy
 from clipper.daemon import Readiness
 from clipper.errors import Cancelled, OutputUnavailable, PermanentError, TransientError
 from clipper.jobs.command import JobControl
 from clipper.jobs.pipeline import JobContext, failed_result, run_job
 from clipper.jobs.spec import JobSpec, job_id_for_raw, parse_message, reply_to_for_raw
 from clipper.jobs.upload import make_uploader
-from clipper.queue import ReliableQueue, backoff_delay, connect_redis, default_consumer_id, redis_trouble
+from clipper.queue import ReliableQueue, backoff_delay, default_consumer_id, redis_trouble
 from clipper.settings import Settings
 
 REPLY_SKIPPED = "reply_to is not a list, or not reachable in one call (cluster slot, ACL)"
@@ -148,7 +149,8 @@ class Entry:
         self.workers = settings.workers.resolved_count()
         self.consumer = default_consumer_id(str(settings.daemon.pid_file))
         self.queue = ReliableQueue(connect_redis(settings.redis), settings.redis.queue, self.consumer, job_id_of=job_id_for_raw,
-                                   result_ttl=settings.results.ttl)
+                                   result_ttl=settings.results.ttl, wait=wait_policy(settings.redis),
+                                   on_short_wait=self._short_wait)
         self.scratch = settings.daemon.work_dir / self.consumer
         self.in_flight: dict[Future, InFlight] = {}
         self.outcomes: collections.deque[Outcome] = collections.deque()
@@ -166,6 +168,11 @@ class Entry:
         self._next = {"heartbeat": 0.0, "promote": 0.0, "reap": 0.0}
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="clipper-worker")
         self._worker = Worker(settings, self.queue, self.scratch)
+
+    def _short_wait(self, key: str, acked: int) -> None:
+        self.log.warning("redis.wait_short", key=key, replicas=acked, wanted=self.settings.redis.wait_replicas,
+                         wait_timeout=self.settings.redis.wait_timeout,
+                         reason="a failover now could undo this transition (it is redone or repeated, not lost)")
 
     # -- signals (main thread only) --------------------------------------------------------------
     def install_signals(self) -> None:

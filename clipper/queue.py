@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.commands.core import Script
 
-from clipper.settings import RedisSettings
+from clipper.connections import RedisClient, WaitForReplicas
 
 # Retry members carry a random 8-hex prefix: a sorted set keeps one copy of equal members,
 # and two identical messages waiting at once must stay two items.
@@ -175,7 +176,8 @@ return 1
 # Redis is away or cannot take writes for now: wait, keep every outcome, try again.
 REDIS_TROUBLE = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.OutOfMemoryError, redis.ReadOnlyError,
                 redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError)
-_TROUBLE_REPLIES = ("BUSY", "LOADING", "MASTERDOWN", "NOREPLICAS", "MISCONF")
+# UNBLOCKED: a blocking call (BLMOVE) cut short because its master was demoted in a failover
+_TROUBLE_REPLIES = ("BUSY", "LOADING", "MASTERDOWN", "NOREPLICAS", "MISCONF", "UNBLOCKED")
 
 
 def redis_trouble(exc: redis.RedisError) -> bool:
@@ -187,13 +189,6 @@ def redis_trouble(exc: redis.RedisError) -> bool:
 class JobRecordError(redis.ResponseError):
     """A job's record key (Q:job:<id>) holds another type: nothing was written, the item stays
     where it was, and the caller dead-letters it as it is."""
-
-
-def connect_redis(settings: RedisSettings) -> redis.Redis:
-    """The one way clipper connects: the socket timeout is at least 3 s, since a claim blocks
-    in BLMOVE for up to 1 s and must not be mistaken for a dead connection."""
-    return redis.Redis.from_url(settings.url, socket_timeout=max(settings.socket_timeout, 3.0),
-                                socket_connect_timeout=settings.socket_timeout, health_check_interval=10)
 
 
 def default_consumer_id(pid_file: str) -> str:
@@ -264,11 +259,16 @@ def _result_event(result: dict[str, Any]) -> str:
 class ReliableQueue:
     """Named atomic transitions over the keys derived from `redis.queue`."""
 
-    def __init__(self, client: redis.Redis, queue: str, consumer: str, *, job_id_of: Callable[[bytes], str],
-                 result_ttl: int = 7 * 24 * 3600):
+    def __init__(self, client: RedisClient, queue: str, consumer: str, *, job_id_of: Callable[[bytes], str],
+                 result_ttl: int = 7 * 24 * 3600, wait: WaitForReplicas | None = None,
+                 on_short_wait: Callable[[str, int], None] = lambda key, acked: None):
         """`job_id_of` names the job of a raw item (the message format is not this module's
-        business); moves that find items in Redis use it to update their job records."""
+        business); moves that find items in Redis use it to update their job records. `wait`:
+        every transition waits for that many replicas (redis.wait_replicas); `on_short_wait`
+        hears of a transition fewer replicas acknowledged in time (key, replicas)."""
         self.r = client
+        self.wait = wait
+        self.on_short_wait = on_short_wait
         self.job_id_of = job_id_of
         self.keys = Keys(queue)
         self.consumer = consumer
@@ -304,7 +304,7 @@ class ReliableQueue:
         """Record the result (job hash, event) and remove the item, in one step; then LPUSH the
         result to reply_to. Returns False when that reply could not be delivered (see _reply)."""
         payload = json.dumps(result, separators=(",", ":"))
-        self._checked(job_id, self._ack(keys=[self.processing, self.keys.job(job_id), self.keys.events],
+        self._checked(job_id, self._transition(self._ack, keys=[self.processing, self.keys.job(job_id), self.keys.events],
                                         args=[raw, result.get("status", "done"), payload, _now(), self.result_ttl,
                                               _result_event(result)]))
         return self._reply(reply_to, payload)
@@ -315,8 +315,8 @@ class ReliableQueue:
         due = _now() + delay
         member = f"{random.getrandbits(32):08x}|".encode() + (raw if isinstance(raw, bytes) else raw.encode())
         event = _event(job_id, "retrying", due_at=round(due, 3), error=error)
-        return bool(self._checked(job_id, self._retry_later(
-            keys=[self.processing, self.keys.retry, self.keys.job(job_id), self.keys.events],
+        return bool(self._checked(job_id, self._transition(
+            self._retry_later, keys=[self.processing, self.keys.retry, self.keys.job(job_id), self.keys.events],
             args=[raw, member, due, _now(), event, error, "1" if uncount else "0"])))
 
     def bury(self, raw: bytes, job_id: str, error: dict[str, str], attempts: int, result: dict[str, Any],
@@ -326,7 +326,7 @@ class ReliableQueue:
         now = _now()
         entry = _dead_entry(raw, job_id, error, attempts, now)
         payload = json.dumps(result, separators=(",", ":"))
-        self._checked(job_id, self._bury(keys=[self.processing, self.keys.dead, self.keys.job(job_id), self.keys.events],
+        self._checked(job_id, self._transition(self._bury, keys=[self.processing, self.keys.dead, self.keys.job(job_id), self.keys.events],
                                          args=[raw, entry, payload, now, self.result_ttl, _result_event(result)]))
         return self._reply(reply_to, payload)
 
@@ -347,6 +347,16 @@ class ReliableQueue:
             return False
         return True
 
+    def _transition(self, script: Script, keys: list[Any], args: list[Any]) -> Any:
+        """Run one transition's script; with redis.wait_replicas, also WAIT for the replicas so
+        a failover cannot undo it (a short count is reported, the transition stands)."""
+        if self.wait is None:
+            return script(keys=keys, args=args)
+        result, acked = self.wait.script(self.r, script, keys, args)
+        if acked < self.wait.replicas:
+            self.on_short_wait(str(keys[0]), acked)
+        return result
+
     def _checked(self, job_id: str, outcome: Any) -> Any:
         if outcome == -1:
             raise JobRecordError(f"{self.keys.job(job_id)} holds a {self.r.type(self.keys.job(job_id))!r}, not a job "
@@ -356,12 +366,12 @@ class ReliableQueue:
     def bury_as_is(self, raw: bytes, job_id: str, message: str, attempts: int) -> bool:
         """Dead-letter the item without touching its job record (which could not be written)."""
         entry = _dead_entry(raw, job_id, {"kind": "permanent", "message": message}, attempts, _now())
-        return bool(self._bury_as_is(keys=[self.processing, self.keys.dead], args=[raw, entry]))
+        return bool(self._transition(self._bury_as_is, keys=[self.processing, self.keys.dead], args=[raw, entry]))
 
     def requeue(self, raw: bytes, job_id: str, *, uncount: bool = True) -> bool:
         """Put a held item back at the consuming end of Q (shutdown deadline)."""
-        return bool(self._checked(job_id, self._requeue(
-            keys=[self.processing, self.keys.queue, self.keys.job(job_id), self.keys.events],
+        return bool(self._checked(job_id, self._transition(
+            self._requeue, keys=[self.processing, self.keys.queue, self.keys.job(job_id), self.keys.events],
             args=[raw, _now(), _event(job_id, "queued"), "1" if uncount else "0"])))
 
     def set_progress(self, job_id: str, progress: str) -> None:
@@ -377,7 +387,7 @@ class ReliableQueue:
         args: list[Any] = [_now(), len(members)]
         for member, job_id in zip(members, ids, strict=True):
             args += [member, _event(job_id, "queued", reason="retry due")]
-        moved = self._promote(keys=[self.keys.retry, self.keys.queue, self.keys.events, *map(self.keys.job, ids)],
+        moved = self._transition(self._promote, keys=[self.keys.retry, self.keys.queue, self.keys.events, *map(self.keys.job, ids)],
                               args=args)
         return [ids[int(i) - 1] for i in moved]
 
@@ -415,7 +425,7 @@ class ReliableQueue:
             args += [raw, _event(job_id, "queued", reason=reason)]
         keys = [self.keys.processing(consumer), self.keys.queue, self.keys.heartbeat(consumer), self.keys.consumers,
                 self.keys.events, *map(self.keys.job, ids)]
-        moved = self._reap(keys=keys, args=args)
+        moved = self._transition(self._reap, keys=keys, args=args)
         if moved == -1:  # its heartbeat came back meanwhile
             return None
         return [ids[int(i) - 1] if int(i) else "(unknown)" for i in moved]
@@ -475,7 +485,7 @@ class ReliableQueue:
                 continue
             if ids and job_id not in ids:
                 continue
-            moved += int(self._dead_retry(keys=[self.keys.dead, self.keys.queue, self.keys.job(job_id)],
+            moved += int(self._transition(self._dead_retry, keys=[self.keys.dead, self.keys.queue, self.keys.job(job_id)],
                                           args=[entry, raw, _now()]))
         return moved
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 import redis as redis_lib
+from redis_topologies import ClusterSet, SentinelSet
 from services import (
     MediaHTTPServer,
     RedisServer,
@@ -388,16 +389,16 @@ class ClipperHarness:
                 raise AssertionError(f"processes left behind by the daemon: {leftovers}") from None
 
 
-@pytest.fixture
-def clipper_factory(tmp_path: Path, redis_server: RedisServer, redis: redis_lib.Redis
-                    ) -> Iterator[Callable[..., ClipperHarness]]:
-    """`clipper_factory(**overrides)` -> a new ClipperHarness; the first lives in tmp_path itself,
-    later ones in tmp_path/d1, d2... (different pid files, so different consumer ids)."""
+def _harness_factory(tmp_path: Path, redis_url: str, client: Any, **defaults: Any
+                     ) -> Iterator[Callable[..., ClipperHarness]]:
+    """`make(**overrides)` -> a new ClipperHarness; the first lives in tmp_path itself, later
+    ones in tmp_path/d1, d2... (different pid files, so different consumer ids). Every daemon
+    is torn down afterwards."""
     made: list[ClipperHarness] = []
 
     def make(**overrides: Any) -> ClipperHarness:
         root = tmp_path if not made else tmp_path / f"d{len(made)}"
-        harness = ClipperHarness(root, redis_server.url, redis, **overrides)
+        harness = ClipperHarness(root, redis_url, client, **{**defaults, **overrides})
         made.append(harness)
         return harness
 
@@ -410,6 +411,52 @@ def clipper_factory(tmp_path: Path, redis_server: RedisServer, redis: redis_lib.
             errors.append(exc)
     if errors:
         raise errors[0]
+
+
+@pytest.fixture
+def clipper_factory(tmp_path: Path, redis_server: RedisServer, redis: redis_lib.Redis
+                    ) -> Iterator[Callable[..., ClipperHarness]]:
+    """`clipper_factory(**overrides)` -> a new ClipperHarness on the session's Redis."""
+    yield from _harness_factory(tmp_path, redis_server.url, redis)
+
+
+# -- production topologies (started once per session, only by the tests that ask) ----------------
+
+CLUSTER_QUEUE = "{clipper}:jobs"  # a hash tag: every derived key in one slot
+
+
+@pytest.fixture(scope="session")
+def sentinel_set(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelSet]:
+    topology = SentinelSet(tmp_path_factory.mktemp("sentinel")).start()
+    yield topology
+    topology.stop()
+
+
+@pytest.fixture
+def sentinel_clipper_factory(tmp_path: Path, sentinel_set: SentinelSet) -> Iterator[Callable[..., ClipperHarness]]:
+    """Daemons on the Sentinel-managed master (the topology made whole and emptied first)."""
+    sentinel_set.restore()
+    client = sentinel_set.client()
+    client.flushall()
+    yield from _harness_factory(tmp_path, sentinel_set.url(), client)
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def cluster_set(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterSet]:
+    topology = ClusterSet(tmp_path_factory.mktemp("cluster")).start()
+    yield topology
+    topology.stop()
+
+
+@pytest.fixture
+def cluster_clipper_factory(tmp_path: Path, cluster_set: ClusterSet) -> Iterator[Callable[..., ClipperHarness]]:
+    """Daemons on the Redis Cluster, queue `{clipper}:jobs` (the cluster made whole and emptied first)."""
+    cluster_set.wait_whole()
+    cluster_set.flush()
+    client = cluster_set.client()
+    yield from _harness_factory(tmp_path, cluster_set.url(), client, **{"redis.queue": CLUSTER_QUEUE})
+    client.close()
 
 
 @pytest.fixture
