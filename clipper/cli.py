@@ -218,7 +218,7 @@ def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps(stats))
         return 0
     print(f"queue       {stats['queue']}")
-    for key in ("pending", "processing", "retry", "dead"):
+    for key in ("pending", "processing", "retry", "dead", "replies"):  # replies: recorded, not yet delivered
         print(f"{key:<11} {stats[key]}")
     print(f"consumers   {len(stats['consumers'])} live")
     for c in stats["consumers"]:

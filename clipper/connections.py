@@ -36,6 +36,19 @@ CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 _DEFAULT_PORTS = {"sentinel": 26379, "cluster": 6379}
 
 
+# Redis is away or cannot take writes for now: wait, keep every outcome, try again.
+REDIS_TROUBLE = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.OutOfMemoryError, redis.ReadOnlyError,
+                redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError)
+# UNBLOCKED: a blocking call (BLMOVE) cut short because its master was demoted in a failover
+_TROUBLE_REPLIES = ("BUSY", "LOADING", "MASTERDOWN", "NOREPLICAS", "MISCONF", "UNBLOCKED")
+
+
+def redis_trouble(exc: redis.RedisError) -> bool:
+    """True for errors that say Redis is away or refuses writes for now (wait and retry);
+    False for errors about one command's keys or arguments (deal with that item)."""
+    return isinstance(exc, REDIS_TROUBLE) or str(exc).startswith(_TROUBLE_REPLIES)
+
+
 @dataclass(frozen=True)
 class Topology:
     """What a `redis+sentinel://` or `redis+cluster://` URL says."""

@@ -23,17 +23,17 @@ from typing import Any, Literal
 import redis
 
 from clipper import __version__, logs
-from clipper.connections import connect_redis, wait_policy
+from clipper.connections import connect_redis, redis_trouble, wait_policy
 from clipper.daemon import Readiness
 from clipper.errors import Cancelled, OutputUnavailable, PermanentError, TransientError
 from clipper.jobs.command import JobControl
 from clipper.jobs.pipeline import JobContext, failed_result, run_job
 from clipper.jobs.spec import JobSpec, job_id_for_raw, parse_message, reply_to_for_raw
 from clipper.jobs.upload import make_uploader
-from clipper.queue import ReliableQueue, backoff_delay, default_consumer_id, redis_trouble
+from clipper.outbox import Deliveries
+from clipper.queue import ReliableQueue, backoff_delay, default_consumer_id
 from clipper.settings import Settings
 
-REPLY_SKIPPED = "reply_to is not a list, or not reachable in one call (cluster slot, ACL)"
 CANCEL_GRACE = 10.0  # after the deadline kill, how long stuck workers may take to return
 
 
@@ -168,6 +168,7 @@ class Entry:
         self._next = {"heartbeat": 0.0, "promote": 0.0, "reap": 0.0}
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="clipper-worker")
         self._worker = Worker(settings, self.queue, self.scratch)
+        self.deliveries = Deliveries(self.queue.outbox, self.log, pause=settings.testing.pause_before_reply)
 
     def _short_wait(self, key: str, acked: int) -> None:
         self.log.warning("redis.wait_short", key=key, replicas=acked, wanted=self.settings.redis.wait_replicas,
@@ -207,6 +208,7 @@ class Entry:
         self.scratch.mkdir(parents=True, exist_ok=True)
         for job_id in self.queue.recover_own():
             self.log.warning("job.requeued", job_id=job_id, reason="recovered at start (left by a crashed run)")
+        self.deliveries.recover_own()
         self._heartbeat()
         self._maintain(force=True)
 
@@ -236,6 +238,7 @@ class Entry:
             self._collect_finished()
             try:
                 self._record_outcomes()
+                self.deliveries.deliver_due()
                 self._maintain()
                 if self.redis_down_since is not None:
                     self.log.warning("redis.back", down_seconds=round(time.monotonic() - self.redis_down_since, 3))
@@ -345,18 +348,18 @@ class Entry:
             self.outcomes.popleft()
 
     def _record(self, o: Outcome) -> None:
-        replied = True
+        reply = None
         if o.kind == "ack":
-            replied = self.queue.ack(o.raw, o.job_id, o.result or {}, o.reply_to)
+            reply = self.queue.ack(o.raw, o.job_id, o.result or {}, o.reply_to)
         elif o.kind == "retry":
             self.queue.retry_later(o.raw, o.job_id, o.delay, (o.error or {}).get("message", ""), uncount=o.uncount)
         elif o.kind == "bury":
-            replied = self.queue.bury(o.raw, o.job_id, o.error or {}, o.attempts, o.result or {}, o.reply_to)
+            reply = self.queue.bury(o.raw, o.job_id, o.error or {}, o.attempts, o.result or {}, o.reply_to)
         else:
             self.queue.requeue(o.raw, o.job_id, uncount=o.uncount)
             self.log.info("job.requeued", job_id=o.job_id, reason=o.reason)
-        if not replied:
-            self.log.warning("job.reply_skipped", job_id=o.job_id, reply_to=o.reply_to, reason=REPLY_SKIPPED)
+        if reply:
+            self.deliveries.add(reply)
 
     def _maintain(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -373,6 +376,7 @@ class Entry:
                 for job_id in job_ids:
                     self.log.warning("job.requeued", job_id=job_id, reason=f"reaped from dead consumer {consumer}")
             self._requeue_orphans()
+            self.deliveries.adopt_from_the_dead()
             self._next["reap"] = now + self.settings.redis.heartbeat_ttl / 2
 
     def _requeue_orphans(self) -> None:
@@ -423,7 +427,7 @@ class Entry:
                                              reason="worker stuck past the deadline"))
                 self.in_flight.pop(future)
                 self.abandoned += 1
-        return not self.in_flight and not self.outcomes
+        return not self.in_flight and not self.outcomes and not self.deliveries.due_now()
 
     def _give_up_waiting_for_redis(self) -> bool:
         """Stopping, past the deadline and its grace, Redis still away: exit anyway. Unrecorded

@@ -25,6 +25,7 @@ import redis
 from redis.commands.core import Script
 
 from clipper.connections import RedisClient, WaitForReplicas
+from clipper.outbox import Outbox, Reply
 
 # Retry members carry a random 8-hex prefix: a sorted set keeps one copy of equal members,
 # and two identical messages waiting at once must stay two items.
@@ -52,13 +53,20 @@ local jt = redis.call('TYPE', KEYS[JOB])['ok']
 if jt ~= 'hash' and jt ~= 'none' then return -1 end
 """
 
+# ack and bury record the reply in the outbox with the outcome (see outbox.py); an empty
+# reply field means the message asked for none.
+_RECORD_REPLY = """
+if ARGV[REPLY] ~= '' then redis.call('HSET', KEYS[OUTBOX], ARGV[REPLY], ARGV[REPLY + 1]) end
+"""
+
 _ACK = """
--- KEYS: processing, job, events. ARGV: raw, status, result, now, ttl, event
+-- KEYS: processing, job, events, outbox. ARGV: raw, status, result, now, ttl, event, reply field, reply entry
 """ + _JOB_OK.replace("JOB", "2") + """
 local removed = redis.call('LREM', KEYS[1], 1, ARGV[1])
 redis.call('HSET', KEYS[2], 'status', ARGV[2], 'result', ARGV[3], 'finished_at', ARGV[4], 'updated_at', ARGV[4],
            'progress', ARGV[2])
 redis.call('EXPIRE', KEYS[2], tonumber(ARGV[5]))
+""" + _RECORD_REPLY.replace("OUTBOX", "4").replace("REPLY", "7") + """
 redis.call('PUBLISH', KEYS[3], ARGV[6])
 return removed
 """
@@ -79,7 +87,7 @@ return 1
 """
 
 _BURY = """
--- KEYS: processing, dead, job, events. ARGV: raw, dead_entry, result, now, ttl, event
+-- KEYS: processing, dead, job, events, outbox. ARGV: raw, dead_entry, result, now, ttl, event, reply field, reply entry
 """ + _JOB_OK.replace("JOB", "3") + """
 local removed = redis.call('LREM', KEYS[1], 1, ARGV[1])
 if removed == 0 then return 0 end
@@ -87,6 +95,7 @@ redis.call('LPUSH', KEYS[2], ARGV[2])
 redis.call('HSET', KEYS[3], 'status', 'failed', 'result', ARGV[3], 'finished_at', ARGV[4], 'updated_at', ARGV[4],
            'progress', 'failed')
 redis.call('EXPIRE', KEYS[3], tonumber(ARGV[5]))
+""" + _RECORD_REPLY.replace("OUTBOX", "5").replace("REPLY", "7") + """
 redis.call('PUBLISH', KEYS[4], ARGV[6])
 return 1
 """
@@ -173,19 +182,6 @@ return 1
 """
 
 
-# Redis is away or cannot take writes for now: wait, keep every outcome, try again.
-REDIS_TROUBLE = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.OutOfMemoryError, redis.ReadOnlyError,
-                redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError)
-# UNBLOCKED: a blocking call (BLMOVE) cut short because its master was demoted in a failover
-_TROUBLE_REPLIES = ("BUSY", "LOADING", "MASTERDOWN", "NOREPLICAS", "MISCONF", "UNBLOCKED")
-
-
-def redis_trouble(exc: redis.RedisError) -> bool:
-    """True for errors that say Redis is away or refuses writes for now (wait and retry);
-    False for errors about one command's keys or arguments (deal with that item)."""
-    return isinstance(exc, REDIS_TROUBLE) or str(exc).startswith(_TROUBLE_REPLIES)
-
-
 class JobRecordError(redis.ResponseError):
     """A job's record key (Q:job:<id>) holds another type: nothing was written, the item stays
     where it was, and the caller dead-letters it as it is."""
@@ -228,6 +224,10 @@ class Keys:
     def events(self) -> str:
         return f"{self.queue}:events"
 
+    @property
+    def outbox(self) -> str:
+        return f"{self.queue}:outbox"
+
     def processing(self, consumer: str) -> str:
         return f"{self.queue}:processing:{consumer}"
 
@@ -256,6 +256,10 @@ def _result_event(result: dict[str, Any]) -> str:
     return json.dumps({**result, "at": round(_now(), 3)}, separators=(",", ":"))
 
 
+def _reply_args(reply: Reply | None) -> list[str]:
+    return [reply.field, reply.entry] if reply else ["", ""]
+
+
 class ReliableQueue:
     """Named atomic transitions over the keys derived from `redis.queue`."""
 
@@ -273,6 +277,8 @@ class ReliableQueue:
         self.keys = Keys(queue)
         self.consumer = consumer
         self.processing = self.keys.processing(consumer)
+        self.outbox = Outbox(client, self.keys.outbox, consumer, self.keys.heartbeat, wait=wait,
+                             on_short_wait=on_short_wait)
         self.result_ttl = result_ttl
         self._mark_claimed = client.register_script(_MARK_CLAIMED)
         self._ack = client.register_script(_ACK)
@@ -300,14 +306,16 @@ class ReliableQueue:
         self.r.publish(self.keys.events, _event(job_id, "running", attempts=attempts))
         return attempts
 
-    def ack(self, raw: bytes, job_id: str, result: dict[str, Any], reply_to: str | None = None) -> bool:
-        """Record the result (job hash, event) and remove the item, in one step; then LPUSH the
-        result to reply_to. Returns False when that reply could not be delivered (see _reply)."""
+    def ack(self, raw: bytes, job_id: str, result: dict[str, Any], reply_to: str | None = None) -> Reply | None:
+        """Record the result (job hash, event, the reply in the outbox) and remove the item, in
+        one step. Returns the reply to deliver (`outbox.deliver`), None when none was asked."""
         payload = json.dumps(result, separators=(",", ":"))
-        self._checked(job_id, self._transition(self._ack, keys=[self.processing, self.keys.job(job_id), self.keys.events],
-                                        args=[raw, result.get("status", "done"), payload, _now(), self.result_ttl,
-                                              _result_event(result)]))
-        return self._reply(reply_to, payload)
+        reply = Reply.of(job_id, reply_to, payload, self.consumer) if reply_to else None
+        self._checked(job_id, self._transition(self._ack, keys=[self.processing, self.keys.job(job_id), self.keys.events,
+                                                                self.keys.outbox],
+                                               args=[raw, result.get("status", "done"), payload, _now(), self.result_ttl,
+                                                     _result_event(result), *_reply_args(reply)]))
+        return reply
 
     def retry_later(self, raw: bytes, job_id: str, delay: float, error: str, *, uncount: bool = False) -> bool:
         """Move the item to Q:retry, due in `delay` seconds; `uncount`: the attempt is not
@@ -320,32 +328,17 @@ class ReliableQueue:
             args=[raw, member, due, _now(), event, error, "1" if uncount else "0"])))
 
     def bury(self, raw: bytes, job_id: str, error: dict[str, str], attempts: int, result: dict[str, Any],
-             reply_to: str | None = None) -> bool:
-        """Dead-letter the item with the reason and record the failed result, in one step; then
-        tell the producer. Returns False when that reply could not be delivered."""
+             reply_to: str | None = None) -> Reply | None:
+        """Dead-letter the item with the reason, record the failed result and the reply to the
+        producer, in one step. Returns the reply to deliver, None when none was asked."""
         now = _now()
         entry = _dead_entry(raw, job_id, error, attempts, now)
         payload = json.dumps(result, separators=(",", ":"))
-        self._checked(job_id, self._transition(self._bury, keys=[self.processing, self.keys.dead, self.keys.job(job_id), self.keys.events],
-                                         args=[raw, entry, payload, now, self.result_ttl, _result_event(result)]))
-        return self._reply(reply_to, payload)
-
-    def _reply(self, reply_to: str | None, payload: str) -> bool:
-        """LPUSH the result to the producer's list, after the outcome is recorded: reply_to is
-        the producer's key, not derived from Q, so in Redis Cluster it may live in another slot
-        and cannot be part of the script. A key of another type, another slot than the client
-        can reach in one call, or no permission: False (the outcome stands; the result is in
-        Q:job:<id> and on Q:events). Redis trouble propagates: the outcome is recorded again
-        later, and the reply pushed then."""
-        if not reply_to:
-            return True
-        try:
-            self.r.lpush(reply_to, payload)
-        except redis.ResponseError as exc:
-            if redis_trouble(exc):
-                raise
-            return False
-        return True
+        reply = Reply.of(job_id, reply_to, payload, self.consumer) if reply_to else None
+        self._checked(job_id, self._transition(
+            self._bury, keys=[self.processing, self.keys.dead, self.keys.job(job_id), self.keys.events, self.keys.outbox],
+            args=[raw, entry, payload, now, self.result_ttl, _result_event(result), *_reply_args(reply)]))
+        return reply
 
     def _transition(self, script: Script, keys: list[Any], args: list[Any]) -> Any:
         """Run one transition's script; with redis.wait_replicas, also WAIT for the replicas so
@@ -461,6 +454,7 @@ class ReliableQueue:
             "processing": sum(in_flight.values()),
             "retry": self.r.zcard(self.keys.retry),
             "dead": self.r.llen(self.keys.dead),
+            "replies": self.outbox.size(),  # recorded, not yet delivered to their reply_to
             "consumers": live,
             "in_flight": in_flight,
         }

@@ -147,6 +147,13 @@ class MediaSettings(_Section):
     default_thumbnails: tuple[ThumbDefault, ...] = (ThumbDefault(),)
 
 
+class TestingSettings(_Section):
+    """Hooks for the crash tests; never set in production."""
+
+    # seconds between recording an outcome and delivering its reply (the loop keeps running)
+    pause_before_reply: float = Field(default=0.0, ge=0, le=3600)
+
+
 class Settings(_Section):
     env: str = "dev"
     redis: RedisSettings = RedisSettings()
@@ -157,6 +164,7 @@ class Settings(_Section):
     retry: RetrySettings = RetrySettings()
     results: ResultsSettings = ResultsSettings()
     media: MediaSettings = MediaSettings()
+    testing: TestingSettings = TestingSettings()
 
 
 def settings_dirs(cwd: Path | None = None, environ: Mapping[str, str] | None = None) -> list[Path]:
