@@ -193,3 +193,16 @@ class WaitForReplicas:
 def wait_policy(settings: RedisSettings) -> WaitForReplicas | None:
     """redis.wait_replicas as a policy; None when it is off (0, the default)."""
     return WaitForReplicas(settings.wait_replicas, settings.wait_timeout) if settings.wait_replicas else None
+
+
+def replica_shortfall(client: RedisClient, key: str, wanted: int) -> str | None:
+    """Why redis.wait_replicas cannot be met right now by the master holding `key`, or None."""
+    if isinstance(client, RedisCluster):
+        info = client.info("replication", target_nodes=client.get_node_from_key(key))
+    else:
+        info = client.info("replication")
+    connected = int(info.get("connected_slaves", 0))
+    if connected >= wanted:
+        return None
+    return (f"redis.wait_replicas = {wanted}, but the master has {connected} connected replica(s): every "
+            f"transition waits redis.wait_timeout until enough replicas are back")

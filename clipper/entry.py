@@ -23,7 +23,7 @@ from typing import Any, Literal
 import redis
 
 from clipper import __version__, logs
-from clipper.connections import connect_redis, redis_trouble, wait_policy
+from clipper.connections import connect_redis, redis_trouble, replica_shortfall, wait_policy
 from clipper.daemon import Readiness
 from clipper.errors import Cancelled, OutputUnavailable, PermanentError, TransientError
 from clipper.jobs.command import JobControl
@@ -204,6 +204,9 @@ class Entry:
         self.queue.r.ping()
         for warning in redis_durability_warnings(self.queue.r):
             self.log.warning("redis.durability", warning=warning)
+        shortfall = self.queue.wait and replica_shortfall(self.queue.r, self.queue.keys.queue, self.queue.wait.replicas)
+        if shortfall:
+            self.log.warning("redis.durability", warning=shortfall)
         shutil.rmtree(self.scratch, ignore_errors=True)  # a crashed predecessor's downloads
         self.scratch.mkdir(parents=True, exist_ok=True)
         for job_id in self.queue.recover_own():

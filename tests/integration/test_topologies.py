@@ -82,11 +82,17 @@ def test_sentinel_failover_under_load_loses_nothing(sentinel_clipper_factory, se
 def test_cluster_e2e_and_failover_of_the_queue_slot(cluster_clipper_factory, cluster_set, http) -> None:
     clipper: ClipperHarness = cluster_clipper_factory(**{"redis.wait_replicas": 1, "redis.wait_timeout": 2})
     assert key_slot(REPLY_TO.encode()) != key_slot(clipper.queue.encode()), "reply_to must be in another slot"
+    events = clipper.r.pubsub()  # PUBLISH from a script reaches subscribers on any node
+    events.subscribe(clipper.key("events"))
     pid = clipper.start()
     clipper.push(job_message(http))
     assert clipper.wait_job("j1")["status"] == "done"
     assert_clip(clipper.output_path("clips/j1/a.mp4"), 10)
     assert replies(clipper)["j1"]["status"] == "done"
+    seen = [events.get_message(timeout=1) for _ in range(6)]
+    statuses = [json.loads(m["data"])["status"] for m in seen if m and m["type"] == "message"]
+    assert "running" in statuses and "done" in statuses, seen
+    events.close()
 
     ids = push_load(clipper, http, "c")
     flowing(clipper, ids, 3)
