@@ -425,40 +425,39 @@ def clipper_factory(tmp_path: Path, redis_server: RedisServer, redis: redis_lib.
 CLUSTER_QUEUE = "{clipper}:jobs"  # a hash tag: every derived key in one slot
 
 
-@pytest.fixture(scope="session")
-def sentinel_set(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelSet]:
-    topology = SentinelSet(tmp_path_factory.mktemp("sentinel")).start()
+def _started(topology: SentinelSet | ClusterSet) -> Iterator[Any]:
+    topology.start()
     yield topology
     topology.stop()
+
+
+def _on_topology(tmp_path: Path, topology: SentinelSet | ClusterSet, **defaults: Any
+                 ) -> Iterator[Callable[..., ClipperHarness]]:
+    """Daemons on a topology made whole (a failover test may have left a node down) and emptied."""
+    topology.restore()
+    topology.flush()
+    client = topology.client()
+    yield from _harness_factory(tmp_path, topology.url(), client, **defaults)
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def sentinel_set(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelSet]:
+    yield from _started(SentinelSet(tmp_path_factory.mktemp("sentinel")))
 
 
 @pytest.fixture
 def sentinel_clipper_factory(tmp_path: Path, sentinel_set: SentinelSet) -> Iterator[Callable[..., ClipperHarness]]:
-    """Daemons on the Sentinel-managed master (the topology made whole and emptied first)."""
-    sentinel_set.restore()
-    client = sentinel_set.client()
-    client.flushall()
-    yield from _harness_factory(tmp_path, sentinel_set.url(), client)
-    client.close()
+    """Daemons on the Sentinel-managed master."""
+    yield from _on_topology(tmp_path, sentinel_set)
 
 
 @pytest.fixture(scope="session")
 def cluster_set(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterSet]:
-    topology = ClusterSet(tmp_path_factory.mktemp("cluster")).start()
-    yield topology
-    topology.stop()
+    yield from _started(ClusterSet(tmp_path_factory.mktemp("cluster")))
 
 
 @pytest.fixture
 def cluster_clipper_factory(tmp_path: Path, cluster_set: ClusterSet) -> Iterator[Callable[..., ClipperHarness]]:
-    """Daemons on the Redis Cluster, queue `{clipper}:jobs` (the cluster made whole and emptied first)."""
-    cluster_set.wait_whole()
-    cluster_set.flush()
-    client = cluster_set.client()
-    yield from _harness_factory(tmp_path, cluster_set.url(), client, **{"redis.queue": CLUSTER_QUEUE})
-    client.close()
-
-
-@pytest.fixture
-def clipper(clipper_factory: Callable[..., ClipperHarness]) -> ClipperHarness:
-    return clipper_factory()
+    """Daemons on the Redis Cluster, queue `{clipper}:jobs`."""
+    yield from _on_topology(tmp_path, cluster_set, **{"redis.queue": CLUSTER_QUEUE})

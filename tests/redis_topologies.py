@@ -130,7 +130,9 @@ class SentinelSet:
         self.wait_whole()
 
     def flush(self) -> None:
-        self.client().flushall()
+        client = self.client()
+        client.flushall()
+        client.close()
 
     def stop(self) -> None:
         for proc in self.sentinels:
@@ -209,6 +211,12 @@ class ClusterSet:
                  f"the replica on port {replica.port} to take over {key!r}'s slot", interval=0.2)
         self.wait_whole()
         return replica
+
+    def restore(self) -> None:
+        """Bring back any stopped node (it rejoins as it was) and wait until the cluster is whole."""
+        for node in self.nodes:
+            node.start()
+        self.wait_whole()
 
     def flush(self) -> None:
         client = self.client()

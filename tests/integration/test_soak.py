@@ -20,6 +20,21 @@ JOBS = 120
 ROUNDS = 6
 
 
+def blow(action: str, victim: ClipperHarness, redis_server, redis_down: float) -> None:
+    """SIGKILL and restart `victim`, SIGTERM and restart it, or restart Redis (down `redis_down` s)."""
+    if action == "sigkill":
+        victim.kill9(victim.running_pid())
+        victim.start()
+    elif action == "sigterm":
+        assert victim.stop(timeout=60).returncode == 0
+        victim.start()
+    else:
+        redis_server.stop()
+        time.sleep(redis_down)
+        redis_server.start()
+        wait_for(lambda: victim.r.ping(), 10, "Redis back")
+
+
 @pytest.mark.slow
 def test_soak_with_crashes_restarts_and_a_redis_restart(clipper_factory, http, redis_server) -> None:
     rng = random.Random(7)  # deterministic chaos
@@ -35,18 +50,8 @@ def test_soak_with_crashes_restarts_and_a_redis_restart(clipper_factory, http, r
 
     for round_ in range(ROUNDS):
         time.sleep(rng.uniform(1.0, 3.0))
-        action = ("kill9", "stop", "redis")[round_ % 3]
-        if action == "kill9":
-            a.kill9()
-            a.start()
-        elif action == "stop":
-            assert b.stop(timeout=60).returncode == 0
-            b.start()
-        else:
-            redis_server.stop()
-            time.sleep(1.0)
-            redis_server.start()
-            wait_for(lambda: a.r.ping(), 10, "Redis back")
+        action = ("sigkill", "sigterm", "redis")[round_ % 3]
+        blow(action, a if action == "sigkill" else b, redis_server, redis_down=1.0)
 
     jobs = a.wait_jobs(ids, timeout=300)
     assert {j: s["status"] for j, s in jobs.items()} == {j: "done" for j in ids}
@@ -57,24 +62,6 @@ def test_soak_with_crashes_restarts_and_a_redis_restart(clipper_factory, http, r
 
 CHAOS_JOBS = 500
 CHAOS_SECONDS = 130
-
-
-def _chaos_round(rng: random.Random, daemons: list[ClipperHarness], redis_server) -> str:
-    """One random blow: SIGKILL and restart a daemon, SIGTERM and restart one, or restart Redis."""
-    action = rng.choice(["sigkill", "sigkill", "sigterm", "redis"])
-    victim = rng.choice(daemons)
-    if action == "sigkill":
-        victim.kill9(victim.running_pid())
-        victim.start()
-    elif action == "sigterm":
-        assert victim.stop(timeout=60).returncode == 0
-        victim.start()
-    else:
-        redis_server.stop()
-        time.sleep(rng.uniform(0.2, 1.5))
-        redis_server.start()
-        wait_for(lambda: victim.r.ping(), 10, "Redis back")
-    return action
 
 
 @pytest.mark.slow
@@ -98,7 +85,8 @@ def test_chaos_three_daemons_every_job_done_and_every_reply_delivered(clipper_fa
     started, actions = time.monotonic(), []
     while time.monotonic() - started < CHAOS_SECONDS:
         time.sleep(rng.uniform(1.0, 4.0))
-        actions.append(_chaos_round(rng, daemons, redis_server))
+        actions.append(rng.choice(["sigkill", "sigkill", "sigterm", "redis"]))
+        blow(actions[-1], rng.choice(daemons), redis_server, redis_down=rng.uniform(0.2, 1.5))
     assert {"sigkill", "sigterm", "redis"} <= set(actions), actions
 
     jobs = a.wait_jobs(ids, timeout=600)
