@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 from test_e2e import assert_clip, job_message
 
 REPLY_TO = "app:results"
-LOAD = 10  # short copy-mode jobs: enough to be mid-flow when the master changes
+LOAD = 6  # short copy-mode jobs: enough to be mid-flow when the master changes
 
 
 def push_load(clipper: ClipperHarness, http, prefix: str, n: int = LOAD) -> list[str]:
@@ -57,7 +57,7 @@ def test_sentinel_failover_under_load_loses_nothing(sentinel_clipper_factory, se
     clipper: ClipperHarness = sentinel_clipper_factory(**{"redis.wait_replicas": 1, "redis.wait_timeout": 2})
     pid = clipper.start()
     ids = push_load(clipper, http, "s")
-    flowing(clipper, ids, 3)
+    flowing(clipper, ids, 2)
     if how == "sentinel-failover":
         sentinel_set.failover()
     else:
@@ -95,7 +95,7 @@ def test_cluster_e2e_and_failover_of_the_queue_slot(cluster_clipper_factory, clu
     events.close()
 
     ids = push_load(clipper, http, "c")
-    flowing(clipper, ids, 3)
+    flowing(clipper, ids, 2)
     cluster_set.failover(clipper.queue)
     assert_all_done(clipper, ids, pid)
     cli_round_trip(clipper, http)
