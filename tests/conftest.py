@@ -420,6 +420,11 @@ def clipper_factory(tmp_path: Path, redis_server: RedisServer, redis: redis_lib.
     yield from _harness_factory(tmp_path, redis_server.url, redis)
 
 
+@pytest.fixture
+def clipper(clipper_factory: Callable[..., ClipperHarness]) -> ClipperHarness:
+    return clipper_factory()
+
+
 # -- production topologies (started once per session, only by the tests that ask) ----------------
 
 CLUSTER_QUEUE = "{clipper}:jobs"  # a hash tag: every derived key in one slot
