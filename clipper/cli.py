@@ -16,11 +16,11 @@ from typing import Any
 
 import redis
 
-from clipper import __version__, logs
+from clipper import __version__
 from clipper.connections import connect_redis, wait_policy
-from clipper.daemon import AlreadyRunning, PidLock, Readiness, lock_holder, start_detached, stop_and_wait
+from clipper.daemon import Readiness, live, lock_holder, start_detached, stop_and_wait
 from clipper.errors import PermanentError, SettingsError
-from clipper.queue import ReliableQueue, default_consumer_id
+from clipper.queue import ReliableQueue, default_consumer_id, unreachable
 from clipper.settings import Settings, load_settings
 
 
@@ -42,7 +42,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 
 def _unreachable(settings: Settings, exc: Exception) -> str:
-    return logs.scrub(f"cannot reach Redis at {settings.redis.url}: {exc}")
+    return unreachable(settings.redis, exc)
 
 
 def _queue(settings: Settings) -> ReliableQueue:
@@ -73,51 +73,10 @@ def _check_writable(settings: Settings) -> str | None:
 
 
 def daemon_main(settings: Settings, readiness: Readiness, *, foreground: bool) -> int:
-    """The daemon's life, detached or in the foreground: lock, reach Redis, loop, release."""
-    logs.configure(settings.daemon.log_file, level=settings.daemon.log_level, foreground=foreground,
-                   take_std_fds=not foreground)
-    log = logs.get_logger(env=settings.env)
-    lock = PidLock(settings.daemon.pid_file)
-    try:
-        lock.acquire()
-    except (AlreadyRunning, OSError) as exc:
-        readiness.fail(str(exc))
-        log.error("daemon.start_failed", error=str(exc))
-        return 1
-    entry = None
-    try:
-        from clipper.entry import Entry
+    """The daemon's life (clipper.daemon.live) around the loop (clipper.entry.Supervisor)."""
+    from clipper.entry import Supervisor
 
-        try:
-            entry = Entry(settings, readiness)
-            entry.prepare()
-        except redis.RedisError as exc:
-            reason = _unreachable(settings, exc)
-            readiness.fail(reason)
-            log.error("daemon.start_failed", error=reason)
-            return 1
-        except Exception as exc:
-            log.exception("daemon.start_failed")
-            readiness.fail(f"{type(exc).__name__}: {exc}")
-            return 1
-        try:
-            return entry.run()
-        except Exception:
-            log.exception("daemon.crashed")  # a bug; the items we held are recovered at the next start
-            return 1
-    finally:
-        leftovers = entry is not None and (entry.abandoned or entry.in_flight)
-        if leftovers:
-            # Workers still running (a crash, Redis gone past the deadline) or stuck in a call
-            # that cannot be interrupted: kill their process groups before the lock goes (their
-            # items are requeued, or stay in our processing list for the next start), and do
-            # not let interpreter shutdown join their threads forever.
-            entry.cancel_in_flight()
-        lock.release()
-        if leftovers:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(1)
+    return live(settings, readiness, Supervisor, foreground=foreground)
 
 
 def _cannot_start(settings: Settings) -> str | None:

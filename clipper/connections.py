@@ -195,6 +195,24 @@ def wait_policy(settings: RedisSettings) -> WaitForReplicas | None:
     return WaitForReplicas(settings.wait_replicas, settings.wait_timeout) if settings.wait_replicas else None
 
 
+def durability_warnings(client: RedisClient, queue: str, wait: WaitForReplicas | None) -> list[str]:
+    """Redis is the system of record: eviction or no persistence can drop queued items, and a
+    master with fewer replicas than redis.wait_replicas makes every transition wait."""
+    warnings = []
+    try:
+        policy = client.config_get("maxmemory-policy").get("maxmemory-policy")
+        aof = client.config_get("appendonly").get("appendonly")
+        save = client.config_get("save").get("save")
+    except redis.ResponseError:
+        return ["cannot read Redis CONFIG (managed Redis?): check maxmemory-policy=noeviction and persistence yourself"]
+    if policy and policy != "noeviction":
+        warnings.append(f"Redis maxmemory-policy is {policy!r}, not 'noeviction': queued items can be evicted")
+    if aof == "no" and not save:
+        warnings.append("Redis persistence is off (appendonly no, no save points): a Redis restart loses every queued item")
+    shortfall = wait and replica_shortfall(client, queue, wait.replicas)
+    return warnings + ([shortfall] if shortfall else [])
+
+
 def replica_shortfall(client: RedisClient, key: str, wanted: int) -> str | None:
     """Why redis.wait_replicas cannot be met right now by the master holding `key`, or None."""
     if isinstance(client, RedisCluster):

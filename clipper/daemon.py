@@ -10,7 +10,11 @@ holds the old one); it is truncated at a clean exit.
 "ready <pid>" or "error <reason>" through a pipe, so `clipper start` exits 0 only when the
 daemon holds its lock and has reached Redis.
 
-This module knows processes and pid files, not Redis.
+`live()` is the daemon's whole life, detached or in the foreground, as named steps: open the
+log, take the pid lock, prepare the service (which reports readiness), run it, handle a crash,
+release the lock, and `os._exit` when worker threads cannot be waited for.
+
+This module knows processes and pid files, not Redis: the service it runs is given to it.
 """
 
 from __future__ import annotations
@@ -20,18 +24,27 @@ import fcntl
 import os
 import select
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import daemon as python_daemon
+
+from clipper import logs
+from clipper.settings import Settings
 
 PROBE_GRACE = 0.5  # seconds a busy pid lock is retried before "already running"
 
 
 class AlreadyRunning(Exception):
     pass
+
+
+class CannotStart(Exception):
+    """The service cannot reach what it needs; the message is the reason, fit to print."""
 
 
 class PidLock:
@@ -230,3 +243,87 @@ def stop_and_wait(pid_file: Path, timeout: float, report: Callable[[str], None],
     report(f"still running after {timeout:g} s (pid {pid})")
     return False
 
+
+
+class Service(Protocol):
+    """What the daemon runs (entry.Supervisor)."""
+
+    def prepare(self) -> None: ...
+
+    def run(self) -> int: ...
+
+    def leftovers(self) -> bool: ...
+
+    def cancel_in_flight(self) -> None: ...
+
+
+def live(settings: Settings, readiness: Readiness, make_service: Callable[[Settings, Readiness], Service], *,
+         foreground: bool) -> int:
+    """The daemon's life: log, lock, prepare, run, release. Returns the exit code."""
+    log = _open_log(settings, foreground)
+    lock = _take_pid_lock(settings.daemon.pid_file, readiness, log)
+    if lock is None:
+        return 1
+    service: Service | None = None
+    try:
+        service = _prepare(settings, readiness, make_service, log)
+        return 1 if service is None else _run(service, log)
+    finally:
+        _release(lock, service)
+
+
+def _open_log(settings: Settings, foreground: bool) -> Any:
+    logs.configure(settings.daemon.log_file, level=settings.daemon.log_level, foreground=foreground,
+                   take_std_fds=not foreground)
+    return logs.get_logger(env=settings.env)
+
+
+def _take_pid_lock(path: Path, readiness: Readiness, log: Any) -> PidLock | None:
+    lock = PidLock(path)
+    try:
+        lock.acquire()
+    except (AlreadyRunning, OSError) as exc:
+        readiness.fail(str(exc))
+        log.error("daemon.start_failed", error=str(exc))
+        return None
+    return lock
+
+
+def _prepare(settings: Settings, readiness: Readiness, make_service: Callable[[Settings, Readiness], Service],
+             log: Any) -> Service | None:
+    """Build and prepare the service; on failure tell `clipper start` why (None)."""
+    try:
+        service = make_service(settings, readiness)
+        service.prepare()
+    except CannotStart as exc:
+        readiness.fail(str(exc))
+        log.error("daemon.start_failed", error=str(exc))
+        return None
+    except Exception as exc:
+        log.exception("daemon.start_failed")
+        readiness.fail(f"{type(exc).__name__}: {exc}")
+        return None
+    return service
+
+
+def _run(service: Service, log: Any) -> int:
+    try:
+        return service.run()
+    except Exception:
+        log.exception("daemon.crashed")  # a bug; the items we held are recovered at the next start
+        return 1
+
+
+def _release(lock: PidLock, service: Service | None) -> None:
+    """Workers still running (a crash, Redis gone past the deadline) or stuck in a call that
+    cannot be interrupted: kill their process groups before the lock goes (their items are
+    requeued, or stay in the processing list for the next start), and do not let interpreter
+    shutdown join their threads forever."""
+    leftovers = service is not None and service.leftovers()
+    if leftovers:
+        service.cancel_in_flight()
+    lock.release()
+    if leftovers:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)

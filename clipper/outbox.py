@@ -9,7 +9,8 @@ start, and any live daemon delivers the entries of consumers whose heartbeat exp
 reply is delivered at least once; a producer de-duplicates by the result's `id` (the job id).
 
 Field: `<job_id>|<reply_to>` (a job id has no `|`). Value: JSON {reply_to, payload, consumer, at}.
-This module knows the outbox key and delivery; the outcome scripts live in queue.py.
+This module knows the outbox key and delivery; the scripts live in lua/ (ack, bury,
+outbox_delivered) and are loaded by queue.py.
 """
 
 from __future__ import annotations
@@ -22,15 +23,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.commands.core import Script
 
 from clipper.connections import RedisClient, WaitForReplicas, redis_trouble
-
-# KEYS: outbox. ARGV: field, entry. A delivered reply goes, unless a newer reply for the same
-# job and reply_to (the job redone meanwhile) replaced it: that one is still to be delivered.
-_DELIVERED = """
-if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end
-return 0
-"""
 
 
 @dataclass(frozen=True)
@@ -56,15 +51,17 @@ class Reply:
 class Outbox:
     """Delivers outbox entries to their `reply_to` lists and removes them afterwards."""
 
-    def __init__(self, client: RedisClient, key: str, consumer: str, heartbeat_key: Callable[[str], str], *,
-                 wait: WaitForReplicas | None = None, on_short_wait: Callable[[str, int], None] = lambda k, n: None):
-        self.r = client
+    def __init__(self, client: RedisClient, key: str, consumer: str, heartbeat_key: Callable[[str], str],
+                 delivered: Script, *, wait: WaitForReplicas | None = None,
+                 on_short_wait: Callable[[str, int], None] = lambda k, n: None):
+        """`delivered`: lua/outbox_delivered.lua, registered by the queue (which loads the scripts)."""
+        self.redis = client
         self.key = key
         self.consumer = consumer
         self.heartbeat_key = heartbeat_key
         self.wait = wait
         self.on_short_wait = on_short_wait
-        self._delivered = client.register_script(_DELIVERED)
+        self._delivered = delivered
 
     def deliver(self, reply: Reply) -> bool:
         """LPUSH the reply to its list, then remove the entry. False when the list cannot take
@@ -75,9 +72,9 @@ class Outbox:
         reply_to, payload = entry["reply_to"], entry["payload"]
         try:
             if self.wait is None:
-                self.r.lpush(reply_to, payload)
+                self.redis.lpush(reply_to, payload)
             else:  # the reply lives on reply_to's node: WAIT there before the entry is dropped
-                _, acked = self.wait.command(self.r, reply_to, "LPUSH", reply_to, payload)
+                _, acked = self.wait.command(self.redis, reply_to, "LPUSH", reply_to, payload)
                 if acked < self.wait.replicas:
                     self.on_short_wait(reply_to, acked)
             delivered = True
@@ -89,7 +86,7 @@ class Outbox:
         return delivered
 
     def _entries(self) -> Iterator[tuple[Reply, dict[str, Any]]]:
-        for field, entry in self.r.hscan_iter(self.key, count=500):
+        for field, entry in self.redis.hscan_iter(self.key, count=500):
             reply = Reply(_text(field), _text(entry))
             try:
                 yield reply, reply.parsed()
@@ -109,13 +106,13 @@ class Outbox:
             if owner == self.consumer:
                 continue
             if owner not in alive:
-                alive[owner] = bool(self.r.exists(self.heartbeat_key(owner)))
+                alive[owner] = bool(self.redis.exists(self.heartbeat_key(owner)))
             if not alive[owner]:
                 found.append(reply)
         return found
 
     def size(self) -> int:
-        return int(self.r.hlen(self.key))
+        return int(self.redis.hlen(self.key))
 
 
 def _text(value: bytes | str) -> str:

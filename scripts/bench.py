@@ -30,9 +30,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from clipper.jobs.clip import make_clip  # noqa: E402
-from clipper.jobs.command import JobControl  # noqa: E402
 from clipper.jobs.probe import probe_media  # noqa: E402
 from clipper.jobs.spec import ClipSpec  # noqa: E402
+from clipper.media.command import JobControl  # noqa: E402
 from clipper.settings import MediaSettings  # noqa: E402
 
 SMART_TARGET = 0.3

@@ -43,12 +43,12 @@ from pathlib import Path
 import ffmpeg
 
 from clipper.errors import PermanentError
-from clipper.jobs.command import JobControl, ffmpeg_argv, output_thread_options, run_ffmpeg, seconds_arg, seek_input
-from clipper.jobs.geometry import display_size, needs_scale, scaled_size
 from clipper.jobs.probe import MediaInfo, VideoStream
-from clipper.jobs.seek import BOUNDARY_SLACK, Seek, accurate_seek, copy_lead_in, first_video_time, plan_seek
 from clipper.jobs.spec import ClipSpec
-from clipper.jobs.verify import verify_output
+from clipper.media.command import JobControl, ffmpeg_argv, output_thread_options, run_ffmpeg, seconds_arg, seek_input
+from clipper.media.geometry import display_size, needs_scale, scaled_size
+from clipper.media.seek import BOUNDARY_SLACK, Seek, accurate_seek, copy_lead_in, first_video_time, plan_seek
+from clipper.media.verify import verify_output
 from clipper.settings import MediaSettings
 
 EXTENSIONS: dict[str, str] = {"mp4": "mp4", "mkv": "mkv", "webm": "webm", "gif": "gif", "m4a": "m4a", "mp3": "mp3"}
@@ -287,6 +287,20 @@ def finish(tmp: Path, final: Path) -> Path:
     return final
 
 
+def first_mode(clip: ClipSpec, source: MediaInfo, notes: list[str]) -> str:
+    """The mode to try: copy becomes accurate where a stream copy is impossible (noted), unless
+    the message asked for copy explicitly (then it is an error that names the obstacle)."""
+    if clip.mode != "copy":
+        return clip.mode
+    obstacle = copy_obstacle(clip, source)
+    if obstacle and clip.mode_was_explicit:
+        raise PermanentError(f"{clip_label(clip)}: mode copy is impossible: {obstacle}; use mode accurate")
+    if obstacle:
+        notes.append(f"copy impossible ({obstacle}); re-encoded")
+        return "accurate"
+    return "copy"
+
+
 def make_clip(src: Path, source: MediaInfo, clip: ClipSpec, out_dir: Path, media: MediaSettings, *,
               threads: int, control: JobControl, timeout: float) -> ClipResult:
     """Produce `<out_dir>/<name>.<ext>`, verified with ffprobe; raises PermanentError for
@@ -298,15 +312,8 @@ def make_clip(src: Path, source: MediaInfo, clip: ClipSpec, out_dir: Path, media
     # its real name only once verified, so a failed attempt never leaves a plausible output.
     tmp = out_dir / f".{clip.name}.part.{EXTENSIONS[clip.format]}"
     notes = [rng.note] if rng.note else []
-    mode = clip.mode
     try:
-        if mode == "copy":
-            obstacle = copy_obstacle(clip, source)
-            if obstacle and clip.mode_was_explicit:
-                raise PermanentError(f"{clip_label(clip)}: mode copy is impossible: {obstacle}; use mode accurate")
-            if obstacle:
-                notes.append(f"copy impossible ({obstacle}); re-encoded")
-                mode = "accurate"
+        mode = first_mode(clip, source, notes)
         if mode == "smart":
             # imported here: smartcut imports this module's tables (a cycle at import time otherwise)
             from clipper.jobs.smartcut import SmartCutFallback, make_smart_clip

@@ -47,10 +47,11 @@ from typing import Any
 from urllib.parse import quote, unquote, urljoin, urlsplit
 
 from clipper import __version__
+from clipper.addresses import check_address, is_ip_literal
 from clipper.errors import Cancelled, ClipperError, PermanentError, TransientError
-from clipper.jobs.addresses import check_address, is_ip_literal
 from clipper.jobs.fetch_s3 import PROGRESS_EVERY, fetch_s3, parse_s3_url
 from clipper.jobs.spec import redact_url
+from clipper.media.command import JobControl
 from clipper.settings import FetchSettings
 
 CHUNK_BYTES = 1024 * 1024
@@ -153,22 +154,22 @@ def dns_error(exc: socket.gaierror, host: str) -> ClipperError:
 # -- deadline, cancellation, watchdog --------------------------------------------------------------
 
 class _Deadline:
-    def __init__(self, settings: FetchSettings, cancelled: threading.Event | None, where: str):
+    def __init__(self, settings: FetchSettings, control: JobControl | None, where: str):
         self.seconds = settings.timeout
         self.per_op = settings.connect_timeout
         self.end = time.monotonic() + settings.timeout
-        self.cancelled = cancelled
+        self.control = control
         self.where = where
 
     def remaining(self) -> float:
         return self.end - time.monotonic()
 
     def interrupted(self) -> bool:
-        return (self.cancelled is not None and self.cancelled.is_set()) or self.remaining() <= 0
+        return (self.control is not None and self.control.is_cancelled()) or self.remaining() <= 0
 
     def check(self) -> None:
         """Raise Cancelled or the overall timeout, if either has happened."""
-        if self.cancelled is not None and self.cancelled.is_set():
+        if self.control is not None and self.control.is_cancelled():
             raise Cancelled(f"fetch of {self.where} cancelled")
         if self.remaining() <= 0:
             raise TransientError(f"source {self.where}: timed out after {self.seconds:g} s (fetch.timeout)")
@@ -517,7 +518,7 @@ def check_source_policy(url: str, settings: FetchSettings) -> None:
 
 # -- entry point -------------------------------------------------------------------------------
 
-def fetch_source(url: str, dest_dir: Path, settings: FetchSettings, *, cancelled: threading.Event | None = None,
+def fetch_source(url: str, dest_dir: Path, settings: FetchSettings, *, control: JobControl | None = None,
                  progress: Callable[[int], None] | None = None) -> FetchedSource:
     """The whole source as a local file (in `dest_dir`, or in place for an allowed file://).
 
@@ -528,7 +529,7 @@ def fetch_source(url: str, dest_dir: Path, settings: FetchSettings, *, cancelled
     where = redact_url(url)
     check_source_policy(url, settings)
     scheme = urlsplit(url).scheme.lower()
-    deadline = _Deadline(settings, cancelled, where)
+    deadline = _Deadline(settings, control, where)
     deadline.check()
     content_type: str | None
     if scheme in ("http", "https"):

@@ -20,8 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from clipper.addresses import check_address, is_ip_literal
 from clipper.errors import Cancelled, ClipperError, PermanentError, TransientError
-from clipper.jobs.addresses import check_address, is_ip_literal
 from clipper.jobs.spec import redact_url
 from clipper.settings import FetchSettings
 

@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from clipper.jobs.clip import check_streams, make_clip, resolve_range
-from clipper.jobs.command import JobControl
 from clipper.jobs.fetch import fetch_source
 from clipper.jobs.probe import MediaInfo, probe_media
 from clipper.jobs.spec import JobSpec, redact_url
 from clipper.jobs.thumbs import check_thumbnail, make_thumbnail
 from clipper.jobs.upload import Uploader
+from clipper.media.command import JobControl
 from clipper.settings import Settings
 
 
@@ -49,10 +49,6 @@ class LocalOutput:
     height: int | None
     mode: str | None = None
     note: str | None = None
-
-
-def failed_result(job_id: str, attempts: int, error: dict[str, str]) -> dict[str, Any]:
-    return {"id": job_id, "status": "failed", "attempts": attempts, "outputs": [], "timings": {}, "error": error}
 
 
 def check_against_media(spec: JobSpec, info: MediaInfo) -> None:
@@ -104,7 +100,7 @@ def run_job(spec: JobSpec, ctx: JobContext, attempts: int) -> dict[str, Any]:
     workdir.mkdir(parents=True)
     try:
         with stage("fetch", source=redact_url(spec.source)):
-            fetched = fetch_source(spec.source, workdir, settings.fetch, cancelled=ctx.control.cancelled)
+            fetched = fetch_source(spec.source, workdir, settings.fetch, control=ctx.control)
         with stage("probe"):
             info = probe_media(fetched.path, control=ctx.control, what="probe of the source")
             check_against_media(spec, info)

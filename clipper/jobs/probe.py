@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from clipper.errors import PermanentError
-from clipper.jobs.command import SOURCE_FORMAT_WHITELIST, JobControl, local_input_options, run_command
+from clipper.media.command import SOURCE_FORMAT_WHITELIST, JobControl, local_input_options, run_command
 
 PROBE_TIMEOUT = 60.0
 

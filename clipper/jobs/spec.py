@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from clipper.errors import PermanentError
+from clipper.logs import scrub
 from clipper.settings import MediaSettings
 
 MAX_MESSAGE_BYTES = 256 * 1024
@@ -276,13 +277,9 @@ def _validate_source(url: str) -> str:
 
 
 def redact_url(url: str) -> str:
-    """The URL without user:password and without query string (signed URLs carry secrets)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "(unparseable URL)"
-    netloc = parts.netloc.rpartition("@")[2]  # host[:port] as written (IPv6 keeps its brackets)
-    return f"{parts.scheme}://{netloc}{parts.path}" + ("?…" if parts.query else "")
+    """The URL without user:password and without query string (signed URLs carry secrets):
+    the one scrubber, `logs.scrub`, applied to a URL that an error message names."""
+    return scrub(url)
 
 
 def _clip_spec(c: ClipRequest, media: MediaSettings, index: int) -> ClipSpec:

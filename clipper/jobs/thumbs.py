@@ -28,12 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clipper.errors import EmptyOutput, PermanentError
-from clipper.jobs.command import JobControl, ffmpeg_argv, output_thread_options, run_ffmpeg, seconds_arg, seek_input
-from clipper.jobs.geometry import display_size, needs_scale
 from clipper.jobs.probe import MediaInfo
-from clipper.jobs.seek import BOUNDARY_SLACK, Seek, accurate_seek
 from clipper.jobs.spec import ThumbSpec
-from clipper.jobs.verify import verify_image
+from clipper.media.command import JobControl, ffmpeg_argv, output_thread_options, run_ffmpeg, seconds_arg, seek_input
+from clipper.media.geometry import display_size, needs_scale
+from clipper.media.seek import BOUNDARY_SLACK, Seek, accurate_seek
+from clipper.media.verify import verify_image
 
 EXTENSIONS = {"jpg": "jpg", "webp": "webp", "png": "png"}
 CODECS = {"jpg": "mjpeg", "webp": "webp", "png": "png"}

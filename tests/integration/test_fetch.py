@@ -27,6 +27,7 @@ from clipper import __version__
 from clipper.errors import Cancelled, PermanentError, TransientError
 from clipper.jobs import fetch
 from clipper.jobs.fetch import FetchedSource, fetch_source
+from clipper.media.command import JobControl
 from clipper.settings import FetchSettings
 
 LOOPBACK = "127.0.0.1"
@@ -490,30 +491,30 @@ def test_a_stalled_read_times_out_after_connect_timeout(web: TestServer, tmp_pat
 
 
 def test_cancel_between_chunks(web: TestServer, tmp_path: Path) -> None:
-    cancelled = threading.Event()
+    control = JobControl("j")
 
     def progress(n: int) -> None:
-        cancelled.set()
+        control.cancel()
 
     with pytest.raises(Cancelled):
-        fetch_source(web.url("/trickle?every=0.01"), tmp_path, settings(), cancelled=cancelled, progress=progress)
+        fetch_source(web.url("/trickle?every=0.01"), tmp_path, settings(), control=control, progress=progress)
     assert os.listdir(tmp_path) == []
 
 
 def test_cancel_interrupts_a_blocked_read_promptly(web: TestServer, tmp_path: Path) -> None:
-    cancelled = threading.Event()
-    threading.Timer(0.3, cancelled.set).start()
+    control = JobControl("j")
+    threading.Timer(0.3, control.cancel).start()
     started = time.monotonic()
     with pytest.raises(Cancelled):
-        fetch_source(web.url("/stall"), tmp_path, settings(timeout=30, connect_timeout=20), cancelled=cancelled)
+        fetch_source(web.url("/stall"), tmp_path, settings(timeout=30, connect_timeout=20), control=control)
     assert time.monotonic() - started < 1.5
 
 
 def test_already_cancelled_makes_no_connection(web: TestServer, tmp_path: Path) -> None:
-    cancelled = threading.Event()
-    cancelled.set()
+    control = JobControl("j")
+    control.cancel()
     with pytest.raises(Cancelled):
-        fetch_source(web.url("/media/a.mp4"), tmp_path, settings(), cancelled=cancelled)
+        fetch_source(web.url("/media/a.mp4"), tmp_path, settings(), control=control)
     assert web.connections == 0
 
 

@@ -218,3 +218,26 @@ def test_a_job_record_of_another_type_leaves_the_item_in_place(q, redis) -> None
         assert places(redis, b"m") == ["processing:c1"]  # nothing half done
     assert q.bury_as_is(b"m", "j", "cannot record", 1)
     assert places(redis, b"m") == ["dead"]
+
+
+def test_claim_count_and_dead_retry_also_refuse_a_record_of_another_type(q, redis) -> None:
+    from clipper.queue import JobRecordError
+
+    redis.set(f"{Q}:job:j", "not a hash")
+    with pytest.raises(JobRecordError, match="not a job record"):
+        q.mark_claimed("j")
+    q.push(b"m")
+    q.claim(0.1)
+    q.bury_as_is(b"m", "j", "cannot record", 1)
+    assert q.dead_retry() == 0
+    assert places(redis, b"m") == ["dead"] and redis.get(f"{Q}:job:j") == b"not a hash"
+
+
+def test_every_script_that_writes_a_job_record_starts_with_the_one_type_check() -> None:
+    from clipper.queue import lua_source
+
+    prelude = lua_source("job_record")
+    assert "job_record_ok" not in lua_source("bury_as_is")  # writes no job record
+    for name in ("mark_claimed", "ack", "retry_later", "bury", "requeue", "promote", "reap", "dead_retry"):
+        source = lua_source(name)
+        assert source.startswith(prelude) and "job_record_ok(KEYS[" in source[len(prelude):], name

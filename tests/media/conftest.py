@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from mediacheck import Source
 
-from clipper.jobs.command import JobControl
 from clipper.jobs.probe import probe_media
+from clipper.media.command import JobControl
 from clipper.settings import MediaSettings
 
 SECONDS = 12

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from clipper.jobs.probe import MediaInfo
 
-SLACK = 0.0005  # clipper.jobs.seek.BOUNDARY_SLACK
+SLACK = 0.0005  # clipper.media.seek.BOUNDARY_SLACK
 ALIGNED_DB = 32.0  # re-encoded frames at x264 crf 20-23 score 36-50 dB; a neighbour frame ~22 dB
 
 

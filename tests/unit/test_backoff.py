@@ -1,6 +1,7 @@
 import random
 
-from clipper.queue import Keys, backoff_delay, default_consumer_id
+from clipper.policy import backoff_delay
+from clipper.queue import Keys, default_consumer_id
 
 
 def test_backoff_grows_exponentially_within_jitter_and_is_capped() -> None:
@@ -40,6 +41,6 @@ def test_redis_trouble_is_waited_out_while_key_errors_are_the_items() -> None:
 
 
 def test_backoff_never_overflows_however_many_attempts() -> None:
-    from clipper.queue import backoff_delay
+    from clipper.policy import backoff_delay
 
     assert 150 <= backoff_delay(10_000, 2.0, 300.0) <= 300

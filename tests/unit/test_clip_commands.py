@@ -9,12 +9,12 @@ import pytest
 
 from clipper.errors import PermanentError
 from clipper.jobs.clip import build_copy_command, build_encode_command, copy_obstacle, output_size, resolve_range
-from clipper.jobs.command import SOURCE_FORMAT_WHITELIST, ffmpeg_argv, seconds_arg, seek_input
-from clipper.jobs.geometry import display_size, scaled_size
 from clipper.jobs.probe import AudioStream, MediaInfo, VideoStream
-from clipper.jobs.seek import plan_accurate_seek
 from clipper.jobs.spec import ClipSpec, ThumbSpec
 from clipper.jobs.thumbs import build_thumbnail_command, jpeg_qscale, thumb_size
+from clipper.media.command import SOURCE_FORMAT_WHITELIST, ffmpeg_argv, seconds_arg, seek_input
+from clipper.media.geometry import display_size, scaled_size
+from clipper.media.seek import plan_accurate_seek
 from clipper.settings import MediaSettings
 
 BASE = ["ffmpeg", "-nostdin", "-hide_banner", "-v", "error", "-y", "-abort_on", "empty_output"]

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 
-import clipper.jobs.seek as seek_module
+import clipper.media.seek as seek_module
 from clipper.errors import PermanentError
 from clipper.jobs.clip import expected_stream_lengths, resolve_range
-from clipper.jobs.command import JobControl
 from clipper.jobs.probe import AudioStream, MediaInfo, Packet, VideoStream
-from clipper.jobs.seek import (
+from clipper.jobs.spec import ClipSpec
+from clipper.media.command import JobControl
+from clipper.media.seek import (
     BISECT_PREROLL,
     DTS_SEEK_SHIFT,
     Seek,
@@ -25,7 +26,6 @@ from clipper.jobs.seek import (
     lead_in_from_packets,
     plan_accurate_seek,
 )
-from clipper.jobs.spec import ClipSpec
 
 
 def source(video_end: float | None = 6.0, audio_end: float | None = 11.0, *, video_start: float = 0.0,

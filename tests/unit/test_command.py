@@ -6,7 +6,7 @@ import time
 import pytest
 
 from clipper.errors import Cancelled, PermanentError, TransientError
-from clipper.jobs.command import JobControl, run_command
+from clipper.media.command import JobControl, run_command
 
 
 def test_stdout_and_stderr_tail() -> None:

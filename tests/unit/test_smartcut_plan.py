@@ -9,22 +9,18 @@ from pathlib import Path
 import pytest
 
 from clipper.jobs.probe import AudioStream, MediaInfo, VideoStream
-from clipper.jobs.smartcut import (
+from clipper.jobs.smartcut import PieceSeek, build_join_command, build_pieces_command, concat_list, piece_seek
+from clipper.media.h264 import (
     Mp4Track,
-    PieceSeek,
     b_frame_depth,
-    build_join_command,
-    build_pieces_command,
     bytes_from_hexdump,
-    concat_list,
     level_name,
     parse_avcc,
-    piece_seek,
     read_mp4_track,
     x264_options_from_sei,
     x264_params,
 )
-from clipper.jobs.smartplan import IndexPacket, SmartCutFallback, SmartPlan, index_from_csv, microseconds, plan_smart_cut
+from clipper.media.smartplan import IndexPacket, SmartCutFallback, SmartPlan, index_from_csv, microseconds, plan_smart_cut
 
 TB = Fraction(1, 15360)
 FRAME = 512  # ticks of one frame at 30 fps

@@ -9,7 +9,7 @@ import pytest
 
 from clipper.errors import PermanentError, TransientError
 from clipper.jobs.probe import AudioStream, MediaInfo, VideoStream, media_info_from_json, tag_duration
-from clipper.jobs.verify import check_media, verify_image, verify_output
+from clipper.media.verify import check_media, verify_image, verify_output
 
 
 def info(duration: float = 10.0, video: bool = True, audio: bool = True, w: int = 640, h: int = 360,
@@ -80,7 +80,7 @@ def test_garbage_output_is_reported_unreadable(tmp_path: Path) -> None:
 def test_wrong_output_is_permanent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     junk = tmp_path / "short.mp4"
     junk.write_bytes(b"x")
-    monkeypatch.setattr("clipper.jobs.verify.probe_output", lambda *a, **k: info(duration=3.1))
+    monkeypatch.setattr("clipper.media.verify.probe_output", lambda *a, **k: info(duration=3.1))
     with pytest.raises(PermanentError, match=r"clip \(a\): bad output: duration 3.100 s vs 10.000 s expected ±2"):
         verify_output(junk, expect_video=True, expect_audio=True, duration=10, tolerance=2, what="clip (a)")
 

@@ -41,8 +41,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from clipper.jobs.command import JobControl
 from clipper.jobs.probe import MediaInfo, Packet, packet_index_csv, video_packets
+from clipper.media.command import JobControl
 
 BOUNDARY_SLACK = 0.0005  # seconds; far below any frame interval (see module doc)
 

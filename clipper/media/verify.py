@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from clipper.errors import PermanentError, TransientError
-from clipper.jobs.command import JobControl
 from clipper.jobs.probe import MediaInfo, read_media_info
+from clipper.media.command import JobControl
 
 # Demuxers that may read back what we wrote (our outputs are trusted, but the whitelist stays
 # narrow all the same).

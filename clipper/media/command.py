@@ -33,13 +33,17 @@ SOURCE_FORMAT_WHITELIST = "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi,flv,mpegts,
 
 @dataclass
 class JobControl:
-    """Shared between a worker thread (which starts processes) and the main thread (which may
-    cancel the job at the shutdown deadline)."""
+    """The one cancellation object every stage is given: shared between a worker thread (which
+    starts processes and asks `check()` / `is_cancelled()` between steps) and the main thread
+    (which may cancel the job at the shutdown deadline)."""
 
     job_id: str = ""
     cancelled: threading.Event = field(default_factory=threading.Event)
     _procs: set[subprocess.Popen] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def is_cancelled(self) -> bool:
+        return self.cancelled.is_set()
 
     def check(self) -> None:
         if self.cancelled.is_set():

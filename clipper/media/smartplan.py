@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 
-from clipper.jobs.seek import BOUNDARY_SLACK
+from clipper.media.seek import BOUNDARY_SLACK
 
 MIN_GOPS = 2.0  # below this a full re-encode costs about the same as a smart cut
 
