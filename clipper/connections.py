@@ -11,9 +11,11 @@ clients follow a failover by themselves: the Sentinel pool asks the Sentinels fo
 again when a connection breaks or the old master turns read-only; the cluster client re-reads
 the slot map on MOVED or a lost node.
 
-This module also owns the one Redis-specific durability step, `WaitForReplicas`: WAIT must run
-on the very connection that made the write, so the write and the WAIT go out in one pipeline.
-It knows connections and topologies, not queue keys or transitions.
+This module also owns what Redis's answers mean for durability: which errors are "trouble"
+(wait and try again) rather than about one item, `WaitForReplicas` (WAIT must run on the very
+connection that made the write, so the write and the WAIT go out in one pipeline), and the
+warnings a daemon logs at start. It knows connections and topologies, not queue keys or
+transitions.
 """
 
 from __future__ import annotations
