@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Literal
 
+from clipper.outbox import Reply
 from clipper.queue import _RETRY_NONCE_LEN, ReliableQueue, lua_source
 
 CancelOutcome = Literal["cancelled", "cancelling", "done", "failed", "unknown"]
@@ -51,11 +52,16 @@ class Canceller:
         result = self.result(job_id, attempts)
         payload = json.dumps(result, separators=(",", ":"))
         event = json.dumps({**result, "at": round(time.time(), 3)}, separators=(",", ":"))
+        reply_to = self.reply_to_of(raw)
+        # the reply is recorded with the outcome, in the outbox, and delivered now; if this
+        # process dies first, a daemon's sweep delivers it (the producer has no heartbeat)
+        reply = Reply.of(job_id, reply_to, payload, self.queue.consumer) if reply_to else None
         done = self.queue.checked(job_id, self._cancel_waiting(
-            keys=[place, self.keys.job(job_id), self.keys.events],
-            args=[member, kind, payload, time.time(), self.queue.result_ttl, event]))
-        if done:
-            self.queue.reply(self.reply_to_of(raw), payload)
+            keys=[place, self.keys.job(job_id), self.keys.events, self.keys.outbox],
+            args=[member, kind, payload, time.time(), self.queue.result_ttl, event,
+                  *([reply.field, reply.entry] if reply else ["", ""])]))
+        if done and reply is not None:
+            self.queue.outbox.deliver(reply)
         return bool(done)
 
     def _find_waiting(self, job_id: str) -> tuple[str, str, bytes, bytes] | None:

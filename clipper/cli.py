@@ -18,9 +18,10 @@ from typing import Any
 import redis
 
 from clipper import __version__
+from clipper.connections import connect_redis, wait_policy
 from clipper.daemon import Readiness, live, lock_holder, start_detached, stop_and_wait
 from clipper.errors import SettingsError
-from clipper.queue import ReliableQueue, connect_redis, default_consumer_id, unreachable
+from clipper.queue import ReliableQueue, default_consumer_id, unreachable
 from clipper.settings import Settings, load_settings
 from clipper.sources.session import SourceCache
 
@@ -50,7 +51,7 @@ def _queue(settings: Settings) -> ReliableQueue:
     from clipper.jobs.spec import job_id_for_raw
 
     return ReliableQueue(connect_redis(settings.redis), settings.redis.queue, default_consumer_id(str(settings.daemon.pid_file)),
-                         job_id_of=job_id_for_raw, result_ttl=settings.results.ttl)
+                         job_id_of=job_id_for_raw, result_ttl=settings.results.ttl, wait=wait_policy(settings.redis))
 
 
 def _check_writable(settings: Settings) -> str | None:

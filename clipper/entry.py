@@ -22,33 +22,18 @@ from typing import Any
 import redis
 
 from clipper import __version__, logs
+from clipper.connections import connect_redis, durability_warnings, redis_trouble, wait_policy
 from clipper.daemon import CannotStart, Readiness
 from clipper.jobs.spec import job_id_for_raw, reply_to_for_raw
 from clipper.media.command import JobControl
 from clipper.observer import Observer
+from clipper.outbox import Deliveries
 from clipper.policy import Ack, Bury, Failure, Outcome, OutputBreaker, Requeue, Retry, RetryPolicy, cancelled_result
-from clipper.queue import ReliableQueue, connect_redis, default_consumer_id, redis_trouble, unreachable
+from clipper.queue import ReliableQueue, default_consumer_id, unreachable
 from clipper.runner import InFlight, JobRunner
 from clipper.settings import Settings
 
-REPLY_SKIPPED = "reply_to is not a list, or not reachable in one call (cluster slot, ACL)"
 CANCEL_GRACE = 10.0  # after the deadline kill, how long stuck workers may take to return
-
-
-def redis_durability_warnings(client: redis.Redis) -> list[str]:
-    """Redis is the system of record: eviction or no persistence can drop queued items."""
-    warnings = []
-    try:
-        policy = client.config_get("maxmemory-policy").get("maxmemory-policy")
-        aof = client.config_get("appendonly").get("appendonly")
-        save = client.config_get("save").get("save")
-    except redis.ResponseError:
-        return ["cannot read Redis CONFIG (managed Redis?): check maxmemory-policy=noeviction and persistence yourself"]
-    if policy and policy != "noeviction":
-        warnings.append(f"Redis maxmemory-policy is {policy!r}, not 'noeviction': queued items can be evicted")
-    if aof == "no" and not save:
-        warnings.append("Redis persistence is off (appendonly no, no save points): a Redis restart loses every queued item")
-    return warnings
 
 
 class RedisOutage:
@@ -83,7 +68,8 @@ class Supervisor:
         self.workers = settings.workers.resolved_count()
         self.consumer = default_consumer_id(str(settings.daemon.pid_file))
         self.queue = ReliableQueue(connect_redis(settings.redis), settings.redis.queue, self.consumer, job_id_of=job_id_for_raw,
-                                   result_ttl=settings.results.ttl)
+                                   result_ttl=settings.results.ttl, wait=wait_policy(settings.redis),
+                                   on_short_wait=self._short_wait)
         self.scratch = settings.daemon.work_dir / self.consumer
         self.in_flight: dict[Future, InFlight] = {}
         self.outcomes: collections.deque[Outcome] = collections.deque()
@@ -103,6 +89,12 @@ class Supervisor:
         self.observer = Observer(settings, self.queue, self.workers, in_flight=lambda: len(self.in_flight),
                                  breaker=self.breaker.state)
         self._runner = JobRunner(settings, self.scratch, self.observer.progress, self.observer.metrics)
+        self.deliveries = Deliveries(self.queue.outbox, self.log, pause=settings.testing.pause_before_reply)
+
+    def _short_wait(self, key: str, acked: int) -> None:
+        self.log.warning("redis.wait_short", key=key, replicas=acked, wanted=self.settings.redis.wait_replicas,
+                         wait_timeout=self.settings.redis.wait_timeout,
+                         reason="a failover now could undo this transition (it is redone or repeated, not lost)")
 
     # -- signals (main thread only) --------------------------------------------------------------
     def install_signals(self) -> None:
@@ -138,13 +130,14 @@ class Supervisor:
 
     def _reach_redis(self) -> None:
         self.queue.redis.ping()
-        for warning in redis_durability_warnings(self.queue.redis):
+        for warning in durability_warnings(self.queue.redis, self.queue.keys.queue, self.queue.wait):
             self.log.warning("redis.durability", warning=warning)
         self.observer.start(self.log)
         shutil.rmtree(self.scratch, ignore_errors=True)  # a crashed predecessor's downloads
         self.scratch.mkdir(parents=True, exist_ok=True)
         for job_id in self.queue.recover_own():
             self.log.warning("job.requeued", job_id=job_id, reason="recovered at start (left by a crashed run)")
+        self.deliveries.recover_own()
         self._heartbeat()
         self._maintain(force=True)
 
@@ -199,9 +192,11 @@ class Supervisor:
                            reason="cannot open the log file; still writing to the old one")
 
     def _record_and_maintain(self) -> bool:
-        """Record every waiting outcome, then heartbeat, promote, reap; False while Redis is in trouble."""
+        """Record every waiting outcome, deliver the replies due, then heartbeat, promote, reap;
+        False while Redis is in trouble."""
         try:
             self._record_outcomes()
+            self.deliveries.deliver_due()
             self._maintain()
         except redis.RedisError as exc:
             self._redis_trouble(exc)
@@ -302,19 +297,19 @@ class Supervisor:
 
     def _record(self, o: Outcome) -> None:
         if isinstance(o, Ack):
-            self._replied(o.job_id, o.reply_to, self.queue.ack(o.raw, o.job_id, o.result, o.reply_to))
+            reply = self.queue.ack(o.raw, o.job_id, o.result, o.reply_to)
         elif isinstance(o, Retry):
+            reply = None
             self.queue.retry_later(o.raw, o.job_id, o.delay, o.error.get("message", ""), uncount=o.uncount)
         elif isinstance(o, Bury):
-            self._replied(o.job_id, o.reply_to, self.queue.bury(o.raw, o.job_id, o.error, o.attempts, o.result, o.reply_to))
+            reply = self.queue.bury(o.raw, o.job_id, o.error, o.attempts, o.result, o.reply_to)
         else:
+            reply = None
             self.queue.requeue(o.raw, o.job_id, uncount=o.uncount)
             self.log.info("job.requeued", job_id=o.job_id, reason=o.reason)
         self.observer.recorded(o)
-
-    def _replied(self, job_id: str, reply_to: str | None, replied: bool) -> None:
-        if not replied:
-            self.log.warning("job.reply_skipped", job_id=job_id, reply_to=reply_to, reason=REPLY_SKIPPED)
+        if reply:
+            self.deliveries.add(reply)
 
     def _maintain(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -338,6 +333,7 @@ class Supervisor:
                 for job_id in job_ids:
                     self.log.warning("job.requeued", job_id=job_id, reason=f"reaped from dead consumer {consumer}")
             self._requeue_orphans()
+            self.deliveries.adopt_from_the_dead()
             self._next["reap"] = now + self.settings.redis.heartbeat_ttl / 2
         for finding in self.queue.foreign.untold():  # squatters the heartbeat or the reaper met
             self.log.error("queue.foreign_key", finding=finding)
@@ -399,7 +395,7 @@ class Supervisor:
                                              uncount=True))
                 self.in_flight.pop(future)
                 self.abandoned += 1
-        return not self.in_flight and not self.outcomes
+        return not self.in_flight and not self.outcomes and not self.deliveries.due_now()
 
     def _give_up_waiting_for_redis(self) -> bool:
         """Stopping, past the deadline and its grace, Redis still away: exit anyway. Unrecorded

@@ -23,9 +23,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.commands.core import Script
 
+from clipper.connections import RedisClient, WaitForReplicas
 from clipper.foreign import ForeignKeys, heartbeat_info, key_type
 from clipper.logs import scrub
+from clipper.outbox import Outbox, Reply
 from clipper.settings import RedisSettings
 
 # Retry members carry a random 8-hex prefix: a sorted set keeps one copy of equal members,
@@ -50,18 +53,6 @@ def lua_source(name: str) -> str:
     return body
 
 
-# Redis is away or cannot take writes for now: wait, keep every outcome, try again.
-REDIS_TROUBLE = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.OutOfMemoryError, redis.ReadOnlyError,
-                redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError)
-_TROUBLE_REPLIES = ("BUSY", "LOADING", "MASTERDOWN", "NOREPLICAS", "MISCONF")
-
-
-def redis_trouble(exc: redis.RedisError) -> bool:
-    """True for errors that say Redis is away or refuses writes for now (wait and retry);
-    False for errors about one command's keys or arguments (deal with that item)."""
-    return isinstance(exc, REDIS_TROUBLE) or str(exc).startswith(_TROUBLE_REPLIES)
-
-
 class ForeignKeyError(redis.ResponseError):
     """A list or sorted set an item was to move into (Q, Q:dead, Q:retry) holds another type,
     planted by someone else: nothing was written, the item stays where it was."""
@@ -72,18 +63,9 @@ class JobRecordError(redis.ResponseError):
     where it was, and the caller dead-letters it as it is."""
 
 
-def connect_redis(settings: RedisSettings) -> redis.Redis:
-    """The one way clipper connects: the socket timeout is at least 3 s, since a claim blocks
-    in BLMOVE for up to 1 s and must not be mistaken for a dead connection."""
-    return redis.Redis.from_url(settings.url, socket_timeout=max(settings.socket_timeout, 3.0),
-                                socket_connect_timeout=settings.socket_timeout, health_check_interval=10)
-
-
 def unreachable(settings: RedisSettings, exc: Exception) -> str:
     """The one-line reason Redis could not be reached (credentials scrubbed from the URL)."""
     return scrub(f"cannot reach Redis at {settings.url}: {exc}")
-
-
 def default_consumer_id(pid_file: str) -> str:
     """Stable for one host and pid file: a daemon restarted after a crash holds the pid lock,
     so nobody else uses this id, and it can take its own leftovers back at once."""
@@ -123,6 +105,10 @@ class Keys:
     def events(self) -> str:
         return f"{self.queue}:events"
 
+    @property
+    def outbox(self) -> str:
+        return f"{self.queue}:outbox"
+
     def processing(self, consumer: str) -> str:
         return f"{self.queue}:processing:{consumer}"
 
@@ -151,18 +137,30 @@ def _result_event(result: dict[str, Any]) -> str:
     return json.dumps({**result, "at": round(_now(), 3)}, separators=(",", ":"))
 
 
+def _reply_args(reply: Reply | None) -> list[str]:
+    return [reply.field, reply.entry] if reply else ["", ""]
+
+
 class ReliableQueue:
     """Named atomic transitions over the keys derived from `redis.queue`."""
 
-    def __init__(self, client: redis.Redis, queue: str, consumer: str, *, job_id_of: Callable[[bytes], str],
-                 result_ttl: int = 7 * 24 * 3600):
+    def __init__(self, client: RedisClient, queue: str, consumer: str, *, job_id_of: Callable[[bytes], str],
+                 result_ttl: int = 7 * 24 * 3600, wait: WaitForReplicas | None = None,
+                 on_short_wait: Callable[[str, int], None] = lambda key, acked: None):
         """`job_id_of` names the job of a raw item (the message format is not this module's
-        business); moves that find items in Redis use it to update their job records."""
+        business); moves that find items in Redis use it to update their job records. `wait`:
+        every transition waits for that many replicas (redis.wait_replicas); `on_short_wait`
+        hears of a transition fewer replicas acknowledged in time (key, replicas)."""
         self.redis = client
+        self.wait = wait
+        self.on_short_wait = on_short_wait
         self.job_id_of = job_id_of
         self.keys = Keys(queue)
         self.consumer = consumer
         self.processing = self.keys.processing(consumer)
+        self.outbox = Outbox(client, self.keys.outbox, consumer, self.keys.heartbeat,
+                             client.register_script(lua_source("outbox_delivered")), wait=wait,
+                             on_short_wait=on_short_wait)
         self.result_ttl = result_ttl
         self._mark_claimed = client.register_script(lua_source("mark_claimed"))
         self._ack = client.register_script(lua_source("ack"))
@@ -205,14 +203,16 @@ class ReliableQueue:
             pipe.hget(self.keys.job(job_id), "cancel_requested")
         return {job_id for job_id, flag in zip(job_ids, pipe.execute(), strict=True) if flag}
 
-    def ack(self, raw: bytes, job_id: str, result: dict[str, Any], reply_to: str | None = None) -> bool:
-        """Record the result (job hash, event) and remove the item, in one step; then LPUSH the
-        result to reply_to. Returns False when that reply could not be delivered (see _reply)."""
+    def ack(self, raw: bytes, job_id: str, result: dict[str, Any], reply_to: str | None = None) -> Reply | None:
+        """Record the result (job hash, event, the reply in the outbox) and remove the item, in
+        one step. Returns the reply to deliver (`outbox.deliver`), None when none was asked."""
         payload = json.dumps(result, separators=(",", ":"))
-        self.checked(job_id, self._ack(keys=[self.processing, self.keys.job(job_id), self.keys.events],
-                                        args=[raw, result.get("status", "done"), payload, _now(), self.result_ttl,
-                                              _result_event(result)]))
-        return self.reply(reply_to, payload)
+        reply = Reply.of(job_id, reply_to, payload, self.consumer) if reply_to else None
+        self.checked(job_id, self._transition(self._ack, keys=[self.processing, self.keys.job(job_id), self.keys.events,
+                                                                self.keys.outbox],
+                                               args=[raw, result.get("status", "done"), payload, _now(), self.result_ttl,
+                                                     _result_event(result), *_reply_args(reply)]))
+        return reply
 
     def retry_later(self, raw: bytes, job_id: str, delay: float, error: str, *, uncount: bool = False) -> bool:
         """Move the item to Q:retry, due in `delay` seconds; `uncount`: the attempt is not
@@ -220,37 +220,32 @@ class ReliableQueue:
         due = _now() + delay
         member = f"{random.getrandbits(32):08x}|".encode() + (raw if isinstance(raw, bytes) else raw.encode())
         event = _event(job_id, "retrying", due_at=round(due, 3), error=error)
-        return bool(self.checked(job_id, self._retry_later(
-            keys=[self.processing, self.keys.retry, self.keys.job(job_id), self.keys.events],
+        return bool(self.checked(job_id, self._transition(
+            self._retry_later, keys=[self.processing, self.keys.retry, self.keys.job(job_id), self.keys.events],
             args=[raw, member, due, _now(), event, error, "1" if uncount else "0"])))
 
     def bury(self, raw: bytes, job_id: str, error: dict[str, str], attempts: int, result: dict[str, Any],
-             reply_to: str | None = None) -> bool:
-        """Dead-letter the item with the reason and record the failed result, in one step; then
-        tell the producer. Returns False when that reply could not be delivered."""
+             reply_to: str | None = None) -> Reply | None:
+        """Dead-letter the item with the reason, record the failed result and the reply to the
+        producer, in one step. Returns the reply to deliver, None when none was asked."""
         now = _now()
         entry = _dead_entry(raw, job_id, error, attempts, now)
         payload = json.dumps(result, separators=(",", ":"))
-        self.checked(job_id, self._bury(keys=[self.processing, self.keys.dead, self.keys.job(job_id), self.keys.events],
-                                         args=[raw, entry, payload, now, self.result_ttl, _result_event(result)]))
-        return self.reply(reply_to, payload)
+        reply = Reply.of(job_id, reply_to, payload, self.consumer) if reply_to else None
+        self.checked(job_id, self._transition(
+            self._bury, keys=[self.processing, self.keys.dead, self.keys.job(job_id), self.keys.events, self.keys.outbox],
+            args=[raw, entry, payload, now, self.result_ttl, _result_event(result), *_reply_args(reply)]))
+        return reply
 
-    def reply(self, reply_to: str | None, payload: str) -> bool:
-        """LPUSH the result to the producer's list, after the outcome is recorded: reply_to is
-        the producer's key, not derived from Q, so in Redis Cluster it may live in another slot
-        and cannot be part of the script. A key of another type, another slot than the client
-        can reach in one call, or no permission: False (the outcome stands; the result is in
-        Q:job:<id> and on Q:events). Redis trouble propagates: the outcome is recorded again
-        later, and the reply pushed then."""
-        if not reply_to:
-            return True
-        try:
-            self.redis.lpush(reply_to, payload)
-        except redis.ResponseError as exc:
-            if redis_trouble(exc):
-                raise
-            return False
-        return True
+    def _transition(self, script: Script, keys: list[Any], args: list[Any]) -> Any:
+        """Run one transition's script; with redis.wait_replicas, also WAIT for the replicas so
+        a failover cannot undo it (a short count is reported, the transition stands)."""
+        if self.wait is None:
+            return script(keys=keys, args=args)
+        result, acked = self.wait.script(self.redis, script, keys, args)
+        if acked < self.wait.replicas:
+            self.on_short_wait(str(keys[0]), acked)
+        return result
 
     def checked(self, job_id: str, outcome: Any) -> Any:
         if outcome == -2:
@@ -266,12 +261,13 @@ class ReliableQueue:
     def bury_as_is(self, raw: bytes, job_id: str, message: str, attempts: int) -> bool:
         """Dead-letter the item without touching its job record (which could not be written)."""
         entry = _dead_entry(raw, job_id, {"kind": "permanent", "message": message}, attempts, _now())
-        return bool(self.checked(job_id, self._bury_as_is(keys=[self.processing, self.keys.dead], args=[raw, entry])))
+        return bool(self.checked(job_id, self._transition(self._bury_as_is, keys=[self.processing, self.keys.dead],
+                                                          args=[raw, entry])))
 
     def requeue(self, raw: bytes, job_id: str, *, uncount: bool = True) -> bool:
         """Put a held item back at the consuming end of Q (shutdown deadline)."""
-        return bool(self.checked(job_id, self._requeue(
-            keys=[self.processing, self.keys.queue, self.keys.job(job_id), self.keys.events],
+        return bool(self.checked(job_id, self._transition(
+            self._requeue, keys=[self.processing, self.keys.queue, self.keys.job(job_id), self.keys.events],
             args=[raw, _now(), _event(job_id, "queued"), "1" if uncount else "0"])))
 
     def set_progress(self, job_id: str, stage: str, percent: float | None = None, eta: float | None = None) -> None:
@@ -304,7 +300,7 @@ class ReliableQueue:
         args: list[Any] = [_now(), len(members)]
         for member, job_id in zip(members, ids, strict=True):
             args += [member, _event(job_id, "queued", reason="retry due")]
-        moved = self._promote(keys=[self.keys.retry, self.keys.queue, self.keys.events, *map(self.keys.job, ids)],
+        moved = self._transition(self._promote, keys=[self.keys.retry, self.keys.queue, self.keys.events, *map(self.keys.job, ids)],
                               args=args)
         return [ids[int(i) - 1] for i in moved]
 
@@ -360,7 +356,7 @@ class ReliableQueue:
             args += [raw, _event(job_id, "queued", reason=reason)]
         keys = [self.keys.processing(consumer), self.keys.queue, self.keys.heartbeat(consumer), self.keys.consumers,
                 self.keys.events, *map(self.keys.job, ids)]
-        moved = self._reap(keys=keys, args=args)
+        moved = self._transition(self._reap, keys=keys, args=args)
         if moved in (-1, -2):  # its heartbeat came back meanwhile; a squatter came meanwhile
             return None
         return [ids[int(i) - 1] if int(i) else "(unknown)" for i in moved]
@@ -406,6 +402,7 @@ class ReliableQueue:
             "retry": read(self.keys.retry, "zset", self.redis.zcard, 0),
             "dead": read(self.keys.dead, "list", self.redis.llen, 0),
             "dead_dropped": int(read(self.keys.dead_dropped, "string", self.redis.get, None) or 0),
+            "replies": self.outbox.size(),  # recorded, not yet delivered to their reply_to
             "consumers": live,
             "in_flight": in_flight,
             "foreign": found.all(),
@@ -455,7 +452,8 @@ class ReliableQueue:
             if ids and job_id not in ids:
                 continue
             # -1/-2: the job key or Q holds another type; the letter stays dead rather than lose anything
-            moved += max(0, int(self._dead_retry(keys=[self.keys.dead, self.keys.queue, self.keys.job(job_id)],
+            moved += max(0, int(self._transition(self._dead_retry, keys=[self.keys.dead, self.keys.queue,
+                                                                         self.keys.job(job_id)],
                                                  args=[entry, raw, _now()])))
         return moved
 

@@ -33,13 +33,29 @@ class RedisSettings(_Section):
     queue: str = Field(default="clipper:jobs", min_length=1, max_length=200)
     heartbeat_ttl: float = Field(default=15.0, gt=1)
     socket_timeout: float = Field(default=5.0, gt=0)
+    # WAIT for this many replicas after each transition (0: off); see README "Sentinel and Cluster"
+    wait_replicas: int = Field(default=0, ge=0, le=16)
+    wait_timeout: float = Field(default=1.0, gt=0, le=60)
 
     @field_validator("url")
     @classmethod
     def _scheme(cls, v: str) -> str:
-        if not v.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss:// or unix://")
+        from clipper.connections import CLUSTER_SCHEMES, SENTINEL_SCHEMES, parse_topology
+
+        schemes = ("redis", "rediss", "unix", *SENTINEL_SCHEMES, *CLUSTER_SCHEMES)
+        if v.partition("://")[0] not in schemes or "://" not in v:
+            raise ValueError("must start with " + ", ".join(f"{s}://" for s in schemes))
+        parse_topology(v)  # a ValueError names what is wrong
         return v
+
+    @model_validator(mode="after")
+    def _one_slot_on_cluster(self) -> RedisSettings:
+        from clipper.connections import cluster_queue_problem, is_cluster_url
+
+        problem = cluster_queue_problem(self.queue) if is_cluster_url(self.url) else None
+        if problem:
+            raise ValueError(f"redis.queue {problem}")
+        return self
 
 
 class DaemonSettings(_Section):
@@ -170,6 +186,13 @@ class MediaSettings(_Section):
     default_thumbnails: tuple[ThumbDefault, ...] = (ThumbDefault(),)
 
 
+class TestingSettings(_Section):
+    """Hooks for the crash tests; never set in production."""
+
+    # seconds between recording an outcome and delivering its reply (the loop keeps running)
+    pause_before_reply: float = Field(default=0.0, ge=0, le=3600)
+
+
 class Settings(_Section):
     env: str = "dev"
     redis: RedisSettings = RedisSettings()
@@ -183,6 +206,7 @@ class Settings(_Section):
     dead: DeadSettings = DeadSettings()
     media: MediaSettings = MediaSettings()
     metrics: MetricsSettings = MetricsSettings()
+    testing: TestingSettings = TestingSettings()
 
 
 def settings_dirs(cwd: Path | None = None, environ: Mapping[str, str] | None = None) -> list[Path]:

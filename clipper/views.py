@@ -92,6 +92,8 @@ def stats_lines(stats: dict[str, Any], jobs: dict[str, dict[str, str]] | None = 
     """Queue depths, throughput over the last minute, each live consumer with its counters
     since start, and (with `jobs`: their records) one line per running job with a bar."""
     lines = [f"queue       {stats['queue']}"] + [f"{key:<11} {stats[key]}" + _depth_note(key, stats) for key in DEPTHS]
+    if "replies" in stats:  # recorded with their outcome, not yet delivered to their reply_to
+        lines.append(f"replies     {stats['replies']}")
     lines += [f"warning     {finding}" for finding in stats.get("foreign", [])]
     consumers = stats["consumers"]
     minute = {k: sum((c.get("last_minute") or {}).get(k, 0) for c in consumers) for k in ("done", "failed")}

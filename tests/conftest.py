@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 import redis as redis_lib
+from redis_topologies import ClusterSet, SentinelSet
 from services import (
     MediaHTTPServer,
     RedisServer,
@@ -417,16 +418,16 @@ class ClipperHarness:
                 raise AssertionError(f"processes left behind by the daemon: {leftovers}") from None
 
 
-@pytest.fixture
-def clipper_factory(tmp_path: Path, redis_server: RedisServer, redis: redis_lib.Redis
-                    ) -> Iterator[Callable[..., ClipperHarness]]:
-    """`clipper_factory(**overrides)` -> a new ClipperHarness; the first lives in tmp_path itself,
-    later ones in tmp_path/d1, d2... (different pid files, so different consumer ids)."""
+def _harness_factory(tmp_path: Path, redis_url: str, client: Any, **defaults: Any
+                     ) -> Iterator[Callable[..., ClipperHarness]]:
+    """`make(**overrides)` -> a new ClipperHarness; the first lives in tmp_path itself, later
+    ones in tmp_path/d1, d2... (different pid files, so different consumer ids). Every daemon
+    is torn down afterwards."""
     made: list[ClipperHarness] = []
 
     def make(**overrides: Any) -> ClipperHarness:
         root = tmp_path if not made else tmp_path / f"d{len(made)}"
-        harness = ClipperHarness(root, redis_server.url, redis, **overrides)
+        harness = ClipperHarness(root, redis_url, client, **{**defaults, **overrides})
         made.append(harness)
         return harness
 
@@ -442,5 +443,55 @@ def clipper_factory(tmp_path: Path, redis_server: RedisServer, redis: redis_lib.
 
 
 @pytest.fixture
+def clipper_factory(tmp_path: Path, redis_server: RedisServer, redis: redis_lib.Redis
+                    ) -> Iterator[Callable[..., ClipperHarness]]:
+    """`clipper_factory(**overrides)` -> a new ClipperHarness on the session's Redis."""
+    yield from _harness_factory(tmp_path, redis_server.url, redis)
+
+
+@pytest.fixture
 def clipper(clipper_factory: Callable[..., ClipperHarness]) -> ClipperHarness:
     return clipper_factory()
+
+
+# -- production topologies (started once per session, only by the tests that ask) ----------------
+
+CLUSTER_QUEUE = "{clipper}:jobs"  # a hash tag: every derived key in one slot
+
+
+def _started(topology: SentinelSet | ClusterSet) -> Iterator[Any]:
+    topology.start()
+    yield topology
+    topology.stop()
+
+
+def _on_topology(tmp_path: Path, topology: SentinelSet | ClusterSet, **defaults: Any
+                 ) -> Iterator[Callable[..., ClipperHarness]]:
+    """Daemons on a topology made whole (a failover test may have left a node down) and emptied."""
+    topology.restore()
+    topology.flush()
+    client = topology.client()
+    yield from _harness_factory(tmp_path, topology.url(), client, **defaults)
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def sentinel_set(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelSet]:
+    yield from _started(SentinelSet(tmp_path_factory.mktemp("sentinel")))
+
+
+@pytest.fixture
+def sentinel_clipper_factory(tmp_path: Path, sentinel_set: SentinelSet) -> Iterator[Callable[..., ClipperHarness]]:
+    """Daemons on the Sentinel-managed master."""
+    yield from _on_topology(tmp_path, sentinel_set)
+
+
+@pytest.fixture(scope="session")
+def cluster_set(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterSet]:
+    yield from _started(ClusterSet(tmp_path_factory.mktemp("cluster")))
+
+
+@pytest.fixture
+def cluster_clipper_factory(tmp_path: Path, cluster_set: ClusterSet) -> Iterator[Callable[..., ClipperHarness]]:
+    """Daemons on the Redis Cluster, queue `{clipper}:jobs`."""
+    yield from _on_topology(tmp_path, cluster_set, **{"redis.queue": CLUSTER_QUEUE})

@@ -154,10 +154,12 @@ class RedisServer:
     """A private redis-server with AOF (appendfsync always), like a production Redis: data
     survives `stop()` + `start()`, on the same port."""
 
-    def __init__(self, directory: Path, port: int | None = None):
+    def __init__(self, directory: Path, port: int | None = None, extra_args: tuple[str, ...] = ()):
+        """`extra_args`: more redis-server options (a replica's --replicaof, cluster mode...)."""
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.port = port or free_port()
+        self.port = port or free_port(grpc_offset=10000)  # a cluster node's bus listens at port + 10000
+        self.extra_args = tuple(extra_args)
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -178,7 +180,7 @@ class RedisServer:
             return self
         cmd = [*_PDEATHSIG, "redis-server", "--port", str(self.port), "--bind", LOOPBACK, "--dir", str(self.dir),
                "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--daemonize", "no",
-               "--logfile", "", "--protected-mode", "yes"]
+               "--logfile", "", "--protected-mode", "yes", *self.extra_args]
         log = open(self.dir / "redis.log", "ab")
         try:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -200,6 +202,13 @@ class RedisServer:
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM and wait (Redis finishes its AOF write and exits), as an ops restart would."""
         _terminate(self.proc, timeout)
+        self.proc = None
+
+    def kill9(self) -> None:
+        """SIGKILL, as a crashed host would: no last write, no goodbye to replicas or Sentinels."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
         self.proc = None
 
     def restart(self) -> RedisServer:

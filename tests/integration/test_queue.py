@@ -81,8 +81,10 @@ def test_ack_records_result_reply_and_event(q, redis) -> None:
     sub = redis.pubsub()
     sub.subscribe(f"{Q}:events")
     sub.get_message(timeout=1)
-    assert q.ack(b"m", "j1", {"id": "j1", "status": "done", "outputs": []}, reply_to="app:results")
+    reply = q.ack(b"m", "j1", {"id": "j1", "status": "done", "outputs": []}, reply_to="app:results")
     assert places(redis, b"m") == []
+    assert redis.hget(f"{Q}:outbox", "j1|app:results") == reply.entry.encode()  # recorded with the outcome
+    assert q.outbox.deliver(reply) and redis.hlen(f"{Q}:outbox") == 0
     job = redis.hgetall(f"{Q}:job:j1")
     assert job[b"status"] == b"done"
     assert json.loads(job[b"result"])["id"] == "j1"
@@ -101,9 +103,10 @@ def test_reply_to_of_another_type_is_skipped_and_nothing_is_half_done(q, redis) 
     for raw in (b"ok", b"bad"):
         q.push(raw)
         q.claim(0.1)
-    assert q.ack(b"ok", "j1", {"id": "j1", "status": "done"}, reply_to="not-a-list") is False
-    assert q.bury(b"bad", "j2", {"kind": "permanent", "message": "m"}, 1, {"id": "j2", "status": "failed"},
-                  reply_to="not-a-list") is False
+    assert q.outbox.deliver(q.ack(b"ok", "j1", {"id": "j1", "status": "done"}, reply_to="not-a-list")) is False
+    assert q.outbox.deliver(q.bury(b"bad", "j2", {"kind": "permanent", "message": "m"}, 1,
+                                   {"id": "j2", "status": "failed"}, reply_to="not-a-list")) is False
+    assert redis.hlen(f"{Q}:outbox") == 0  # an undeliverable reply does not wait forever
     assert places(redis, b"ok") == [] and places(redis, b"bad") == ["dead"]
     assert redis.hget(f"{Q}:job:j1", "status") == b"done" and redis.hget(f"{Q}:job:j2", "status") == b"failed"
     assert redis.get("not-a-list") == b"x"
@@ -155,7 +158,8 @@ def test_identical_items_stay_two_items_in_retry(q, redis) -> None:
 def test_bury_dead_letter_has_reason(q, redis) -> None:
     q.push(b"bad")
     q.claim(0.1)
-    assert q.bury(b"bad", "j", {"kind": "permanent", "message": "404"}, 1, {"id": "j", "status": "failed"}, "r")
+    assert q.outbox.deliver(q.bury(b"bad", "j", {"kind": "permanent", "message": "404"}, 1,
+                                   {"id": "j", "status": "failed"}, "r"))
     assert places(redis, b"bad") == ["dead"]
     entry = json.loads(redis.lindex(f"{Q}:dead", 0))
     assert entry["id"] == "j" and entry["error"]["message"] == "404" and entry["attempts"] == 1 and entry["failed_at"]

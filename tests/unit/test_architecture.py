@@ -27,6 +27,8 @@ FORBIDDEN = [
     ("clipper.runner", "clipper.queue", "a job runner reports; only the main thread talks to Redis"),
     ("clipper.metrics", "redis", "metrics read live values through callables, never Redis keys"),
     ("clipper.metrics", "clipper.queue", "metrics read live values through callables, never Redis keys"),
+    ("clipper.outbox", "clipper.queue", "the queue owns the outbox, not the other way round"),
+    ("clipper.connections", "clipper.queue", "connections know clients, not queue keys"),
 ]
 
 

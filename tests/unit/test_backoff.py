@@ -29,7 +29,7 @@ def test_consumer_id_is_stable_per_pid_file() -> None:
 def test_redis_trouble_is_waited_out_while_key_errors_are_the_items() -> None:
     import redis
 
-    from clipper.queue import redis_trouble
+    from clipper.connections import redis_trouble
 
     for exc in (redis.ConnectionError("refused"), redis.TimeoutError(), redis.exceptions.OutOfMemoryError("OOM"),
                 redis.ReadOnlyError("READONLY"), redis.ResponseError("BUSY Redis is busy running a script"),
