@@ -14,8 +14,9 @@ import time
 from collections.abc import Callable
 from typing import Any, Literal
 
+from clipper.keys import RETRY_NONCE_LEN, lua_source
 from clipper.outbox import Reply
-from clipper.queue import _RETRY_NONCE_LEN, ReliableQueue, lua_source
+from clipper.queue import ReliableQueue
 
 CancelOutcome = Literal["cancelled", "cancelling", "done", "failed", "unknown"]
 # "cancelled": it was waiting and is finished now; "cancelling": a daemon holds it and will stop
@@ -68,8 +69,8 @@ class Canceller:
         """(place, kind, member, raw) of an item of the job waiting in Q:retry, Q:high or Q.
         Reads whole lists: cancelling is rare, and a derived job id needs the message parsed."""
         for member in self.queue.redis.zrange(self.keys.retry, 0, -1):
-            if self.queue.job_id_of(member[_RETRY_NONCE_LEN:]) == job_id:
-                return self.keys.retry, "zset", member, member[_RETRY_NONCE_LEN:]
+            if self.queue.job_id_of(member[RETRY_NONCE_LEN:]) == job_id:
+                return self.keys.retry, "zset", member, member[RETRY_NONCE_LEN:]
         for place in (self.keys.high, self.keys.queue):
             for raw in self.queue.redis.lrange(place, 0, -1):
                 if self.queue.job_id_of(raw) == job_id:

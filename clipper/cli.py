@@ -21,7 +21,8 @@ from clipper import __version__
 from clipper.connections import connect_redis, wait_policy
 from clipper.daemon import Readiness, live, lock_holder, start_detached, stop_and_wait
 from clipper.errors import SettingsError
-from clipper.queue import ReliableQueue, default_consumer_id, unreachable
+from clipper.keys import default_consumer_id
+from clipper.queue import ReliableQueue, unreachable
 from clipper.settings import Settings, load_settings
 from clipper.sources.session import SourceCache
 

@@ -23,8 +23,10 @@ from typing import Any
 import redis
 
 from clipper.cancel import Canceller, CancelOutcome
+from clipper.connections import connect_redis
 from clipper.errors import PermanentError
-from clipper.queue import Keys, ReliableQueue, connect_redis
+from clipper.keys import Keys
+from clipper.queue import ReliableQueue
 from clipper.settings import FetchSettings, MediaSettings, RedisSettings, Settings, load_settings
 
 FINISHED = frozenset({"done", "failed", "cancelled"})

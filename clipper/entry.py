@@ -22,39 +22,20 @@ from typing import Any
 import redis
 
 from clipper import __version__, logs
+from clipper.chores import Chores, RedisOutage
 from clipper.connections import connect_redis, durability_warnings, redis_trouble, wait_policy
 from clipper.daemon import CannotStart, Readiness
 from clipper.jobs.spec import job_id_for_raw, reply_to_for_raw
+from clipper.keys import default_consumer_id
 from clipper.media.command import JobControl
 from clipper.observer import Observer
 from clipper.outbox import Deliveries
 from clipper.policy import Ack, Bury, Failure, Outcome, OutputBreaker, Requeue, Retry, RetryPolicy, cancelled_result
-from clipper.queue import ReliableQueue, default_consumer_id, unreachable
+from clipper.queue import ReliableQueue, unreachable
 from clipper.runner import InFlight, JobRunner
 from clipper.settings import Settings
 
 CANCEL_GRACE = 10.0  # after the deadline kill, how long stuck workers may take to return
-
-
-class RedisOutage:
-    """One stretch of Redis trouble: logged when it starts and when it ends; waits grow with it."""
-
-    def __init__(self, log: Any):
-        self.log = log
-        self.since: float | None = None
-
-    def trouble(self, exc: Exception, pending_outcomes: int) -> float:
-        """Redis failed a call: the seconds to wait before the next try."""
-        if self.since is None:
-            self.since = time.monotonic()
-            self.log.error("redis.unavailable", error=str(exc), pending_outcomes=pending_outcomes)
-        return min(1.0, 0.1 + (time.monotonic() - self.since) / 10)
-
-    def over(self) -> None:
-        """Redis answered again."""
-        if self.since is not None:
-            self.log.warning("redis.back", down_seconds=round(time.monotonic() - self.since, 3))
-            self.since = None
 
 
 class Supervisor:
@@ -84,12 +65,13 @@ class Supervisor:
         self.abandoned = 0  # workers left stuck after the deadline (their items were requeued)
         self.breaker = OutputBreaker(settings.retry)
         self.policy = RetryPolicy(settings.retry, self.breaker)
-        self._next = {"heartbeat": 0.0, "promote": 0.0, "reap": 0.0, "trim_dead": 0.0}
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="clipper-worker")
         self.observer = Observer(settings, self.queue, self.workers, in_flight=lambda: len(self.in_flight),
                                  breaker=self.breaker.state)
         self._runner = JobRunner(settings, self.scratch, self.observer.progress, self.observer.metrics)
         self.deliveries = Deliveries(self.queue.outbox, self.log, pause=settings.testing.pause_before_reply)
+        self.chores = Chores(settings, self.queue, self.deliveries, self.log, heartbeat_info=self._heartbeat_info,
+                             held=lambda: [i.raw for i in self.in_flight.values()] + [o.raw for o in self.outcomes])
 
     def _short_wait(self, key: str, acked: int) -> None:
         self.log.warning("redis.wait_short", key=key, replicas=acked, wanted=self.settings.redis.wait_replicas,
@@ -138,7 +120,7 @@ class Supervisor:
         for job_id in self.queue.recover_own():
             self.log.warning("job.requeued", job_id=job_id, reason="recovered at start (left by a crashed run)")
         self.deliveries.recover_own()
-        self._heartbeat()
+        self.chores.heartbeat()
         self._maintain(force=True)
 
     def leftovers(self) -> bool:
@@ -243,7 +225,7 @@ class Supervisor:
         self.observer.claimed(job_id)
         future = self._pool.submit(self._runner, item)
         self.in_flight[future] = item
-        self._next["heartbeat"] = 0.0  # `clipper stats` shows in-flight jobs without delay
+        self.chores.heartbeat_soon()  # `clipper stats` shows in-flight jobs without delay
         future.add_done_callback(lambda _f: self.wake.set())
 
     def _collect(self) -> None:
@@ -251,7 +233,7 @@ class Supervisor:
         for future in [f for f in self.in_flight if f.done()]:
             item = self.in_flight.pop(future)
             self.observer.collected(item.job_id)
-            self._next["heartbeat"] = 0.0
+            self.chores.heartbeat_soon()
             try:
                 report = future.result()
             except BaseException as exc:  # noqa: BLE001 - JobRunner catches everything; belt and braces
@@ -312,31 +294,8 @@ class Supervisor:
             self.deliveries.add(reply)
 
     def _maintain(self, force: bool = False) -> None:
-        now = time.monotonic()
         self._notice_cancels()
-        if force or now >= self._next["trim_dead"]:
-            dead = self.settings.dead
-            dropped = self.queue.trim_dead(dead.max_entries, dead.max_age)
-            if dropped:
-                self.log.info("dead.trimmed", dropped=dropped, max_entries=dead.max_entries, max_age=dead.max_age)
-            self._next["trim_dead"] = now + 1.0
-        if force or now >= self._next["heartbeat"]:
-            self._heartbeat()
-            self._next["heartbeat"] = now + self.settings.redis.heartbeat_ttl / 3
-        if force or now >= self._next["promote"]:
-            for job_id in self.queue.promote_due():
-                self.log.info("job.requeued", job_id=job_id, reason="retry due")
-            self._next["promote"] = now + 1.0
-        if force or now >= self._next["reap"]:
-            for consumer, job_ids in self.queue.reap().items():
-                self.log.warning("queue.reaped", consumer=consumer, items=len(job_ids))
-                for job_id in job_ids:
-                    self.log.warning("job.requeued", job_id=job_id, reason=f"reaped from dead consumer {consumer}")
-            self._requeue_orphans()
-            self.deliveries.adopt_from_the_dead()
-            self._next["reap"] = now + self.settings.redis.heartbeat_ttl / 2
-        for finding in self.queue.foreign.untold():  # squatters the heartbeat or the reaper met
-            self.log.error("queue.foreign_key", finding=finding)
+        self.chores.run(force)
 
     def _notice_cancels(self) -> None:
         """Every pass of the loop (at least once a second): kill the jobs someone cancelled,
@@ -348,21 +307,10 @@ class Supervisor:
             self.log.warning("job.cancelling", job_id=job_id, reason="cancel requested")
             running[job_id].control.cancel("request")
 
-    def _requeue_orphans(self) -> None:
-        """Items in our processing list that no worker holds (a BLMOVE whose reply was lost)
-        would otherwise wait there until our next start: give them back now."""
-        held = [i.raw for i in self.in_flight.values()] + [o.raw for o in self.outcomes]
-        for raw in self.queue.orphans(held):
-            job_id = job_id_for_raw(raw)
-            self.queue.requeue(raw, job_id, uncount=False)
-            self.log.warning("job.requeued", job_id=job_id, reason="held by this daemon but by no worker")
-
-    def _heartbeat(self) -> None:
-        self.queue.heartbeat(self.settings.redis.heartbeat_ttl, {
-            "pid": os.getpid(), "workers": self.workers, "in_flight": len(self.in_flight),
-            "jobs": [i.job_id for i in self.in_flight.values()], "stopping": self.stopping, "at": round(time.time(), 3),
-            **self.observer.heartbeat_fields(),
-        })
+    def _heartbeat_info(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "workers": self.workers, "in_flight": len(self.in_flight),
+                "jobs": [i.job_id for i in self.in_flight.values()], "stopping": self.stopping,
+                "at": round(time.time(), 3), **self.observer.heartbeat_fields()}
 
     def _redis_trouble(self, exc: Exception) -> None:
         """Keep collecting finished jobs (their outcomes wait here) and keep the stop deadline."""

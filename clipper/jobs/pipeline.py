@@ -144,22 +144,31 @@ def make_outputs(spec: JobSpec, ctx: JobContext, session: SourceSession, info: M
     return local
 
 
-def run_job(spec: JobSpec, ctx: JobContext, attempts: int) -> dict[str, Any]:
-    settings = ctx.settings
-    timings: dict[str, float] = {}
-    started = time.monotonic()
+class StageTimer:
+    """`with stage("clip"):` checks for cancellation, tells the job's progress which stage runs,
+    and adds the stage's wall time to `timings`, the metrics and the debug log."""
+
+    def __init__(self, ctx: JobContext):
+        self.ctx = ctx
+        self.timings: dict[str, float] = {}
 
     @contextmanager
-    def stage(name: str, **fields: Any) -> Iterator[None]:
-        ctx.control.check()
-        ctx.progress(name, None, None)
+    def __call__(self, name: str, **fields: Any) -> Iterator[None]:
+        self.ctx.control.check()
+        self.ctx.progress(name, None, None)
         t0 = time.monotonic()
         yield
         seconds = time.monotonic() - t0
-        timings[name] = round(timings.get(name, 0.0) + seconds, 3)
-        ctx.metrics.stage_finished(name, seconds)
-        ctx.log.debug("job.stage", stage=name, seconds=round(seconds, 3), **fields)
+        self.timings[name] = round(self.timings.get(name, 0.0) + seconds, 3)
+        self.ctx.metrics.stage_finished(name, seconds)
+        self.ctx.log.debug("job.stage", stage=name, seconds=round(seconds, 3), **fields)
 
+
+def run_job(spec: JobSpec, ctx: JobContext, attempts: int) -> dict[str, Any]:
+    settings = ctx.settings
+    started = time.monotonic()
+    stage = StageTimer(ctx)
+    timings = stage.timings
     base = spec.output_dir_key(settings.output.prefix)
     check_owner(spec, ctx.uploader, base)  # before any work
     ctx.control.limits = ChildLimits.from_settings(settings.media)
@@ -179,14 +188,8 @@ def run_job(spec: JobSpec, ctx: JobContext, attempts: int) -> dict[str, Any]:
         local = make_outputs(spec, ctx, session, info, workdir / "out", stage, tracker, iter(weights))
         ctx.control.stop_budget()
         check_owner(spec, ctx.uploader, base)  # another job may have finished meanwhile
-        outputs: list[dict[str, Any]] = []
         with stage("upload", outputs=len(local)):
-            for out in local:
-                key = f"{base}/{out.path.name}"
-                ctx.control.check()
-                ctx.uploader.upload(out.path, key, {"job-id": spec.id, "name": out.name, "kind": out.kind})
-                outputs.append(output_record(out, key))
-                ctx.metrics.uploaded(outputs[-1]["bytes"])
+            outputs = upload_outputs(spec, ctx, local, base)
         # The manifest goes last, so its presence means the set is complete; it carries the same
         # timings as the result (its own small upload is not counted in either).
         timings["total"] = round(time.monotonic() - started, 3)
@@ -242,6 +245,18 @@ def _make_name(spec: ClipSpec | ThumbSpec, out_dir: Path) -> Path:
     """Where the stage would write this output (its name and the format's extension)."""
     ext = CLIP_EXTENSIONS[spec.format] if isinstance(spec, ClipSpec) else THUMB_EXTENSIONS[spec.format]
     return out_dir / f"{spec.name}.{ext}"
+
+def upload_outputs(spec: JobSpec, ctx: JobContext, local: list[LocalOutput], base: str) -> list[dict[str, Any]]:
+    """Upload each output under `base`; what the result and the manifest say of them."""
+    outputs: list[dict[str, Any]] = []
+    for out in local:
+        key = f"{base}/{out.path.name}"
+        ctx.control.check()
+        ctx.uploader.upload(out.path, key, {"job-id": spec.id, "name": out.name, "kind": out.kind})
+        outputs.append(output_record(out, key))
+        ctx.metrics.uploaded(outputs[-1]["bytes"])
+    return outputs
+
 
 def _upload_manifest(spec: JobSpec, ctx: JobContext, workdir: Path, key: str, manifest: dict[str, Any]) -> str:
     path = workdir / "manifest.json"

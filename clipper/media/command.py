@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import ffmpeg
 
@@ -141,17 +142,7 @@ def run_command(
     timeout, by_budget = control.bounded(timeout) if control is not None else (timeout, False)
     started = time.monotonic()
     with tempfile.TemporaryFile() as err:
-        try:
-            proc = _Process(
-                [*_PDEATHSIG, *limits.prefix(), *cmd],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE if capture_stdout or progress else subprocess.DEVNULL,
-                stderr=err,
-                start_new_session=True,
-                close_fds=True,
-            )
-        except OSError as exc:
-            raise TransientError(f"{what}: cannot start {cmd[0]}: {exc}") from exc
+        proc = _start(cmd, limits, err, capture_stdout or progress is not None, what)
         if control is not None:
             control._register(proc)
         try:
@@ -159,10 +150,7 @@ def run_command(
         finally:
             if control is not None:
                 control._unregister(proc)
-        err.seek(0, os.SEEK_END)
-        size = err.tell()
-        err.seek(max(0, size - STDERR_TAIL_BYTES))
-        tail = err.read().decode("utf-8", "replace").strip()
+        tail = _tail(err)
     result = CommandResult(proc.returncode, stdout or b"", tail, time.monotonic() - started)
     if proc.returncode != 0 and control is not None and control.failed is not None:
         cancelled = control.cancelled.is_set()
@@ -176,6 +164,27 @@ def run_command(
         last = tail.splitlines()[-3:] if tail else []
         raise failure(f"{what} failed (exit {proc.returncode}): {' | '.join(last) or 'no error output'}")
     return result
+
+
+def _start(cmd: Sequence[str], limits: ChildLimits, err: IO[bytes], read_stdout: bool, what: str) -> _Process:
+    try:
+        return _Process(
+            [*_PDEATHSIG, *limits.prefix(), *cmd],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE if read_stdout else subprocess.DEVNULL,
+            stderr=err,
+            start_new_session=True,
+            close_fds=True,
+        )
+    except OSError as exc:
+        raise TransientError(f"{what}: cannot start {cmd[0]}: {exc}") from exc
+
+
+def _tail(err: IO[bytes]) -> str:
+    """The last STDERR_TAIL_BYTES of what the process wrote to stderr."""
+    err.seek(0, os.SEEK_END)
+    err.seek(max(0, err.tell() - STDERR_TAIL_BYTES))
+    return err.read().decode("utf-8", "replace").strip()
 
 
 def _wait(proc: subprocess.Popen, timeout: float, what: str, progress: Callable[[FfmpegProgress], None] | None,

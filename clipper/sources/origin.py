@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from clipper.errors import ClipperError, PermanentError, TransientError
-from clipper.jobs.fetch import (
+from clipper.jobs.fetch_http import (
     REDIRECT_STATUSES,
     Deadline,
     HttpTarget,
@@ -210,13 +210,13 @@ class HttpOrigin:
             except (OSError, http.client.HTTPException):
                 conn.close()  # the server closed the idle connection: open a new one below
         if self.hop.scheme == "https" and self._tls is None:
-            from clipper.jobs.fetch import make_tls_context
+            from clipper.jobs.fetch_http import make_tls_context
 
             self._tls = make_tls_context()
         return send_request(self.hop, self.settings, deadline, watchdog, self._tls, headers)
 
     def _base_headers(self) -> tuple[tuple[str, str], ...]:
-        from clipper.jobs.fetch import USER_AGENT
+        from clipper.jobs.fetch_http import USER_AGENT
 
         base = (("User-Agent", USER_AGENT), ("Accept-Encoding", "identity"), ("Accept", "*/*"))
         return base + ((("Authorization", self.hop.authorization),) if self.hop.authorization else ())

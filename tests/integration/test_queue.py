@@ -260,7 +260,7 @@ def test_claim_count_and_dead_retry_also_refuse_a_record_of_another_type(q, redi
 
 
 def test_every_script_that_writes_a_job_record_starts_with_the_one_type_check() -> None:
-    from clipper.queue import lua_source
+    from clipper.keys import lua_source
 
     prelude = lua_source("job_record")
     as_is = lua_source("bury_as_is")  # writes no job record, but moves an item into Q:dead

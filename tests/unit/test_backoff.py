@@ -1,7 +1,7 @@
 import random
 
+from clipper.keys import Keys, default_consumer_id
 from clipper.policy import backoff_delay
-from clipper.queue import Keys, default_consumer_id
 
 
 def test_backoff_grows_exponentially_within_jitter_and_is_capped() -> None:

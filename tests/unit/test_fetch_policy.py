@@ -18,7 +18,8 @@ from botocore.exceptions import (
 
 from clipper.addresses import check_address
 from clipper.errors import PermanentError, TransientError
-from clipper.jobs.fetch import dns_error, parse_http_url, source_filename, status_error
+from clipper.jobs.fetch import source_filename
+from clipper.jobs.fetch_http import dns_error, parse_http_url, status_error
 from clipper.jobs.fetch_s3 import parse_s3_url, s3_error
 
 
