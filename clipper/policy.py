@@ -87,7 +87,7 @@ def failed_result(job_id: str, attempts: int, error: dict[str, str]) -> dict[str
     return {"id": job_id, "status": "failed", "attempts": attempts, "outputs": [], "timings": {}, "error": error}
 
 
-CANCELLED_MESSAGE = "cancelled on request (clipper cancel); outputs already uploaded stay, no manifest"
+CANCELLED_MESSAGE = "cancelled on request (clipper cancel, Client.cancel); outputs already uploaded stay, no manifest"
 
 
 def cancelled_result(job_id: str, attempts: int) -> dict[str, Any]:

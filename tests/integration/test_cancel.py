@@ -37,10 +37,10 @@ def message(job_id: str, **extra) -> dict:
 
 def test_waiting_jobs_are_removed_and_finished_at_once(client: Client, redis) -> None:
     queue = ReliableQueue(redis, Q, "c1", job_id_of=job_id_for_raw, result_ttl=60)
-    for job_id in ("queued", "retrying", "other"):
+    for job_id in ("queued", "other1", "other2"):
         client.submit(message(job_id))
     client.submit(message("high", priority="high"))
-    raw = queue.claim(0.1)  # the high one, then put aside to retry
+    raw = queue.claim(0.1)  # the high one (Client.submit put it in Q:high), then put aside to retry
     assert json.loads(raw)["id"] == "high"
     queue.mark_claimed("high")
     queue.retry_later(raw, "high", 60, "503")
@@ -50,7 +50,7 @@ def test_waiting_jobs_are_removed_and_finished_at_once(client: Client, redis) ->
 
     assert client.cancel("queued") == "cancelled"
     assert client.cancel("high") == "cancelled"
-    assert [json.loads(m)["id"] for m in redis.lrange(Q, 0, -1)] == ["other", "retrying"]
+    assert [json.loads(m)["id"] for m in redis.lrange(Q, 0, -1)] == ["other2", "other1"]
     assert redis.zcard(f"{Q}:retry") == 0 and redis.llen(f"{Q}:high") == 0
     for job_id, attempts in (("queued", 0), ("high", 1)):
         status = client.status(job_id)
