@@ -70,3 +70,21 @@ def test_a_child_past_the_memory_limit_fails_permanently_naming_it() -> None:
     control = JobControl("j", limits=ChildLimits(memory=300 * 1024**2))
     with pytest.raises(PermanentError, match=r"ffmpeg ran out of memory under the limit media.max_child_memory"):
         run_ffmpeg(ENDLESS_ENCODE, what="encode", timeout=120, control=control)
+
+
+def test_failed_subprocesses_are_reported_with_their_reason() -> None:
+    seen: list[tuple[str, str]] = []
+    control = JobControl("j", failed=lambda program, reason: seen.append((program, reason)))
+    run_command(["sh", "-c", "exit 2"], what="t", timeout=5, control=control, check=False)
+    run_command(["sh", "-c", "kill -TERM $$"], what="t", timeout=5, control=control, check=False)
+    with pytest.raises(PermanentError):  # a timeout on the same input is permanent
+        run_command(["sleep", "30"], what="t", timeout=0.3, control=control)
+    run_command(["true"], what="t", timeout=5, control=control)
+    assert seen == [("sh", "exit"), ("sh", "signal"), ("sleep", "timeout")]
+
+
+def test_progress_reports_are_parsed_while_stdout_is_drained() -> None:
+    reports = []
+    script = "for i in 1 2 3; do echo out_time_us=${i}000000; echo progress=continue; done; echo progress=end"
+    run_command(["sh", "-c", script], what="t", timeout=5, progress=reports.append)
+    assert [r.out_seconds for r in reports] == [1.0, 2.0, 3.0, 3.0] and reports[-1].end
