@@ -82,12 +82,14 @@ def test_chaos_three_daemons_every_job_done_and_every_reply_delivered(clipper_fa
     for job_id in ids:
         a.push({"id": job_id, "source": http.url("/media/short.mp4"), "reply_to": "app:chaos", "thumbnails": [],
                 "clips": [{"name": "c", "start": rng.choice([0, 1, 2]), "duration": 1, "mode": "copy"}]})
+    # every kind of blow comes round in each four (a loaded machine may manage only a few rounds);
+    # the victim and the timing are random
+    kinds = ["sigkill", "redis", "sigterm", "sigkill"]
     started, actions = time.monotonic(), []
-    while time.monotonic() - started < CHAOS_SECONDS:
+    while time.monotonic() - started < CHAOS_SECONDS or len(actions) < len(kinds):
         time.sleep(rng.uniform(1.0, 4.0))
-        actions.append(rng.choice(["sigkill", "sigkill", "sigterm", "redis"]))
+        actions.append(kinds[len(actions) % len(kinds)])
         blow(actions[-1], rng.choice(daemons), redis_server, redis_down=rng.uniform(0.2, 1.5))
-    assert {"sigkill", "sigterm", "redis"} <= set(actions), actions
 
     jobs = a.wait_jobs(ids, timeout=600)
     assert {j: s["status"] for j, s in jobs.items()} == {j: "done" for j in ids}

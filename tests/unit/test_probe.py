@@ -1,8 +1,13 @@
 """Parsing ffprobe's JSON into MediaInfo (pure)."""
 
+import re
 from fractions import Fraction
 
-from clipper.jobs.probe import media_info_from_json
+import pytest
+
+from clipper.errors import PermanentError
+from clipper.jobs.probe import check_source_limits, media_info_from_json
+from clipper.settings import MediaSettings
 
 
 def probe_json(**video_extra) -> dict:
@@ -38,3 +43,15 @@ def test_unknown_sar_and_missing_durations() -> None:
     info = media_info_from_json(probe_json(sample_aspect_ratio="0:1", duration=None))
     assert info.video.sar == Fraction(1)
     assert info.video_end is None
+
+
+@pytest.mark.parametrize(("data", "refusal"), [
+    (probe_json(width=8000, height=4000), "8000x4000 = 32000000 pixels, more than media.max_source_pixels = 16777216"),
+    (probe_json(avg_frame_rate="1000/1"), "frame rate 1000 fps is more than media.max_source_fps = 240"),
+    ({**probe_json(), "format": {"duration": "90000"}}, "duration 90000 s is more than media.max_source_duration"),
+    ({**probe_json(), "streams": probe_json()["streams"] * 9}, "18 streams, more than media.max_source_streams = 16"),
+])
+def test_sources_beyond_the_limits_are_refused_naming_limit_and_value(data: dict, refusal: str) -> None:
+    check_source_limits(media_info_from_json(probe_json()), MediaSettings())  # within every limit
+    with pytest.raises(PermanentError, match=re.escape(refusal)):
+        check_source_limits(media_info_from_json(data), MediaSettings())
