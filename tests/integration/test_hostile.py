@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 import urllib.parse
 from typing import TYPE_CHECKING, Any
 
 import pytest
 from schemacheck import explain_rejection
-from services import processes_mentioning
+from services import children_of
 
 if TYPE_CHECKING:
     from conftest import ClipperHarness
@@ -224,13 +223,14 @@ def test_a_job_never_overwrites_another_jobs_outputs(clipper: ClipperHarness, ht
 # -- hostile media -------------------------------------------------------------------------------
 
 def peak_child_rss(clipper: ClipperHarness, job_id: str, timeout: float = 120) -> tuple[int, dict[str, Any]]:
-    """The largest resident set (bytes) any child of the daemon (wget, ffprobe, ffmpeg: their
-    command lines name the daemon's scratch space) had while `job_id` ran, and the finished job."""
-    marker = str(clipper.root) + os.sep
+    """The largest resident set (bytes) any child of the daemon (ffprobe, ffmpeg) had while
+    `job_id` ran, and the finished job."""
+    daemon = clipper.running_pid()
+    assert daemon is not None, clipper.diagnostics()
     peak = 0
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for pid, _ in processes_mentioning(marker):
+        for pid in children_of(daemon):
             try:
                 status = open(f"/proc/{pid}/status").read()
             except OSError:
