@@ -102,7 +102,7 @@ class Observer:
             self._reported[job_id] = (stage, now)
         try:
             self.queue.set_progress(job_id, stage, percent, eta)
-        except redis.RedisError:
+        except (redis.RedisError, redis.exceptions.RedisClusterException):
             pass  # progress is informative; the outcome is what must not be lost
 
     # -- the heartbeat ---------------------------------------------------------------------------

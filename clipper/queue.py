@@ -197,7 +197,8 @@ class ReliableQueue:
 
     def set_progress(self, job_id: str, stage: str, percent: float | None = None, eta: float | None = None) -> None:
         """A running job's stage, percent done and seconds left (when known) in its record, and
-        the same as an event (status "running") on Q:events: one round trip."""
+        the same as an event (status "running") on Q:events: two round trips (a cluster client
+        cannot pipeline PUBLISH)."""
         now, key = _now(), self.keys.job(job_id)
         fields: dict[str, Any] = {"progress": stage, "updated_at": now}
         extra: dict[str, Any] = {"progress": stage}
@@ -210,8 +211,8 @@ class ReliableQueue:
             extra["eta"] = eta
         else:
             pipe.hdel(key, "eta")
-        pipe.publish(self.keys.events, _event(job_id, "running", **extra))
         pipe.execute()
+        self.redis.publish(self.keys.events, _event(job_id, "running", **extra))
 
     # -- maintenance -------------------------------------------------------------------------
     def promote_due(self, limit: int = 100) -> list[str]:
