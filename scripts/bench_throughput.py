@@ -112,14 +112,20 @@ def run_clipper(harness: ClipperHarness, case: Case, jobs: range, tag: str) -> f
 
 
 def measure(case: Case, jobs: int, rounds: int, harness: ClipperHarness, work: Path) -> tuple[float, float]:
-    """jobs/s of bare and clipper (medians over rounds, alternating, after one warm-up job each)."""
+    """jobs/s of bare and clipper (medians over rounds, after one warm-up job each). The
+    machine's load drifts, so the order alternates: bare first in even rounds, clipper in odd."""
     run_bare(case, range(1000, 1001), work / "bare-warm")
     run_clipper(harness, case, range(1000, 1001), f"warm-{case.clips}-{case.source[:4]}")
-    bare, ours = [], []
+    bare: list[float] = []
+    ours: list[float] = []
     for r in range(rounds):
         job_ids = range(r * jobs, (r + 1) * jobs)
-        bare.append(jobs / run_bare(case, job_ids, work / f"bare-{r}"))
-        ours.append(jobs / run_clipper(harness, case, job_ids, f"{case.name.replace(' ', '').replace(',', '-')}-{r}"))
+        tag = f"{case.name.replace(' ', '').replace(',', '-')}-{r}"
+        for side in ("bare", "clipper") if r % 2 == 0 else ("clipper", "bare"):
+            if side == "bare":
+                bare.append(jobs / run_bare(case, job_ids, work / f"bare-{r}"))
+            else:
+                ours.append(jobs / run_clipper(harness, case, job_ids, tag))
     return statistics.median(bare), statistics.median(ours)
 
 
