@@ -18,7 +18,7 @@ help:
 	@echo "make run ENV=local - the same with outputs in a local S3 (SeaweedFS under var/ if none answers)"
 	@echo "make test     - the whole test suite (real Redis, SeaweedFS S3, HTTP server, ffmpeg)"
 	@echo "make lint     - ruff"
-	@echo "make bench    - media benchmarks (smart vs accurate vs copy), ratios printed"
+	@echo "make bench    - media benchmarks (smart vs accurate vs copy; job throughput vs a bare loop), ratios printed"
 	@echo "make demo     - sample media, a multi-output job, the daemon until done, a summary"
 
 system-deps:
@@ -80,6 +80,7 @@ lint: install
 
 bench: install
 	$(PY) scripts/bench.py
+	$(PY) scripts/bench_throughput.py
 
 demo: redis-dev
 	CLIPPER_REDIS__URL=$(DEV_REDIS_URL) $(PY) scripts/demo.py

@@ -35,6 +35,10 @@ from clipper.queue import ReliableQueue, unreachable
 from clipper.runner import InFlight, JobRunner
 from clipper.settings import Settings
 
+# How long a claim may wait for an item: idle, a second (a blocking BLMOVE costs nothing);
+# with jobs in flight, briefly, since the loop records their outcomes only between claims.
+CLAIM_WAIT_IDLE = 1.0
+CLAIM_WAIT_BUSY = 0.05
 CANCEL_GRACE = 10.0  # after the deadline kill, how long stuck workers may take to return
 
 
@@ -191,7 +195,9 @@ class Supervisor:
             self._pause(1.0)  # claim only when a worker slot is free (and the output takes writes)
             return
         try:
-            raw = self.queue.claim(timeout=1)
+            # While a job runs, its outcome waits for this call to return: block only briefly
+            # then, so a finished job is recorded (and its slot refilled) without a second's delay.
+            raw = self.queue.claim(timeout=CLAIM_WAIT_BUSY if self.in_flight else CLAIM_WAIT_IDLE)
         except redis.RedisError as exc:
             self._redis_trouble(exc)
             return

@@ -45,7 +45,15 @@ import ffmpeg
 from clipper.errors import PermanentError
 from clipper.jobs.probe import MediaInfo, VideoStream
 from clipper.jobs.spec import ClipSpec
-from clipper.media.command import JobControl, ffmpeg_argv, output_thread_options, run_ffmpeg, seconds_arg, seek_input
+from clipper.media.command import (
+    JobControl,
+    ffmpeg_argv,
+    ffmpeg_base,
+    output_thread_options,
+    run_ffmpeg,
+    seconds_arg,
+    seek_input,
+)
 from clipper.media.geometry import display_size, needs_scale, scaled_size
 from clipper.media.seek import BOUNDARY_SLACK, Seek, accurate_seek, copy_lead_in, first_video_time, plan_seek
 from clipper.media.verify import verify_output
@@ -165,6 +173,13 @@ def output_size(clip: ClipSpec, video: VideoStream, media: MediaSettings) -> tup
 def build_copy_command(src: Path, source: MediaInfo, fmt: str, start: float, duration: float, out: Path) -> list[str]:
     """Stream copy of the first video and first audio stream (by index, so cover art that
     ffprobe lists as a video stream is never picked), keyframe-aligned (see module doc)."""
+    return [*ffmpeg_base(), *copy_output(src, source, fmt, start, duration, out).get_args()]
+
+
+def copy_output(src: Path, source: MediaInfo, fmt: str, start: float, duration: float,
+                out: Path) -> ffmpeg.nodes.OutputStream:
+    """The ffmpeg-python output of `build_copy_command`: several of them make one ffmpeg
+    (clipper.jobs.copies), each output reading its own input-side-seeked input."""
     seek = plan_seek(source, start)
     inp = seek_input(src, seek.input)
     streams = []
@@ -179,7 +194,7 @@ def build_copy_command(src: Path, source: MediaInfo, fmt: str, start: float, dur
         opts["movflags"] = "+faststart"
     if fmt == "mp4" and source.video is not None and source.video.codec == "hevc":
         opts["tag:v"] = "hvc1"  # Apple players refuse the default hev1 tag
-    return ffmpeg_argv(*streams, out=out, **opts)
+    return ffmpeg.output(*streams, str(out), **opts)
 
 
 def video_encoder_options(fmt: str, media: MediaSettings) -> dict[str, object]:
@@ -328,30 +343,38 @@ def make_clip(src: Path, source: MediaInfo, clip: ClipSpec, out_dir: Path, media
         if mode == "copy":
             cmd = build_copy_command(src, source, clip.format, rng.start, rng.duration, tmp)
             run_ffmpeg(cmd, what=f"{clip_label(clip)} copy", timeout=timeout, control=control)
-            tolerance, overshoot = COPY_TOLERANCE, COPY_TOLERANCE
-
-            def lead_in() -> float:
-                return copy_lead_in(src, source, rng.start, control=control)
         else:
             begin = max(0.0, rng.start - BOUNDARY_SLACK)
             seek = accurate_seek(src, source, begin, control=control)
             cmd = build_encode_command(src, source, clip, begin, rng.duration, media, tmp, threads=threads, seek=seek)
             run_ffmpeg(cmd, what=f"{clip_label(clip)} encode", timeout=timeout, control=control)
-            tolerance, overshoot, lead_in = frame_tolerance(source, clip.format, media), None, None
-        vcodec, acodec = expected_codecs(clip.format, mode, source)
-        reencoded = mode != "copy" and vcodec is not None
-        size = output_size(clip, source.video, media) if reencoded else (None, None)
-        video_len, audio_len = expected_stream_lengths(source, rng.start, rng.end)
-        expect_audio: bool | None = acodec is not None and source.audio is not None
-        if expect_audio and audio_len is not None and audio_len <= tolerance:
-            expect_audio = None  # the source's audio ends before the clip (or starts after it)
-        info = verify_output(
-            tmp, expect_video=vcodec is not None, expect_audio=expect_audio,
-            duration=rng.duration, tolerance=tolerance, overshoot=overshoot, width=size[0], height=size[1],
-            codec=vcodec, audio_codec=acodec if source.audio else None, square_pixels=reencoded,
-            video_duration=video_len if vcodec else None, audio_duration=audio_len if acodec else None,
-            explain_overshoot=lead_in, control=control, what=clip_label(clip),
-        )
+        info = verify_clip(tmp, src, source, clip, rng, mode, media, control)
         return ClipResult(finish(tmp, final), info, mode, "; ".join(notes) or None)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def verify_clip(tmp: Path, src: Path | str, source: MediaInfo, clip: ClipSpec, rng: ClipRange, mode: str,
+                media: MediaSettings, control: JobControl) -> MediaInfo:
+    """ffprobe the clip ffmpeg wrote and raise unless it is what was asked for (media.verify)."""
+    if mode == "copy":
+        tolerance, overshoot = COPY_TOLERANCE, COPY_TOLERANCE
+
+        def lead_in() -> float:
+            return copy_lead_in(src, source, rng.start, control=control)
+    else:
+        tolerance, overshoot, lead_in = frame_tolerance(source, clip.format, media), None, None
+    vcodec, acodec = expected_codecs(clip.format, mode, source)
+    reencoded = mode != "copy" and vcodec is not None
+    size = output_size(clip, source.video, media) if reencoded else (None, None)
+    video_len, audio_len = expected_stream_lengths(source, rng.start, rng.end)
+    expect_audio: bool | None = acodec is not None and source.audio is not None
+    if expect_audio and audio_len is not None and audio_len <= tolerance:
+        expect_audio = None  # the source's audio ends before the clip (or starts after it)
+    return verify_output(
+        tmp, expect_video=vcodec is not None, expect_audio=expect_audio,
+        duration=rng.duration, tolerance=tolerance, overshoot=overshoot, width=size[0], height=size[1],
+        codec=vcodec, audio_codec=acodec if source.audio else None, square_pixels=reencoded,
+        video_duration=video_len if vcodec else None, audio_duration=audio_len if acodec else None,
+        explain_overshoot=lead_in, control=control, what=clip_label(clip),
+    )

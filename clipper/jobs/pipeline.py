@@ -23,7 +23,8 @@ from typing import Any
 
 from clipper.errors import PermanentError, TransientError
 from clipper.jobs.clip import EXTENSIONS as CLIP_EXTENSIONS
-from clipper.jobs.clip import check_streams, make_clip, resolve_range
+from clipper.jobs.clip import ClipResult, check_streams, make_clip, resolve_range
+from clipper.jobs.copies import batchable, make_copy_clips
 from clipper.jobs.probe import MediaInfo, check_source_limits
 from clipper.jobs.spec import ClipSpec, JobSpec, ThumbSpec, redact_url
 from clipper.jobs.thumbs import EXTENSIONS as THUMB_EXTENSIONS
@@ -126,18 +127,22 @@ def make_outputs(spec: JobSpec, ctx: JobContext, session: SourceSession, info: M
     try:
         if spec.clips:
             with stage("clip", clips=len(spec.clips)):
-                for clip in spec.clips:
-                    tracker.begin("clip", next(weights))
-                    ctx.control.progress = tracker.ffmpeg
-                    local.append(_output(ctx, session, clip, info, out_dir))
-                    tracker.finish()
+                clip_weights = [next(weights) for _ in spec.clips]
+                premade = _cut_copies(ctx, session, spec.clips, clip_weights, info, out_dir, tracker)
+                for clip, weight in zip(spec.clips, clip_weights, strict=True):
+                    if clip.name not in premade:
+                        tracker.begin("clip", weight)
+                        ctx.control.progress = tracker.ffmpeg
+                    local.append(_output(ctx, session, clip, info, out_dir, premade))
+                    if clip.name not in premade:
+                        tracker.finish()
                     ctx.metrics.clip_made(local[-1].mode or clip.mode, clip.format)
         if spec.thumbnails:
             with stage("thumbnails", thumbnails=len(spec.thumbnails)):
                 for thumb in spec.thumbnails:
                     tracker.begin("thumbnails", next(weights))
                     ctx.control.progress = None  # one frame: nothing to report on the way
-                    local.append(_output(ctx, session, thumb, info, out_dir))
+                    local.append(_output(ctx, session, thumb, info, out_dir, {}))
                     tracker.finish()
     finally:
         ctx.control.progress = None
@@ -212,27 +217,58 @@ def run_job(spec: JobSpec, ctx: JobContext, attempts: int) -> dict[str, Any]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def _cut_copies(ctx: JobContext, session: SourceSession, clips: list[ClipSpec], weights: list[float],
+                info: MediaInfo, out_dir: Path, tracker: JobProgress) -> dict[str, LocalOutput]:
+    """The job's plain copy clips that the cache does not hold, cut by one ffmpeg when there are
+    two or more (clipper.jobs.copies: one process start instead of one per clip), by name."""
+    batch = [(c, w) for c, w in zip(clips, weights, strict=True) if batchable(c, info) and not _kept(ctx, session, c)]
+    if len(batch) < 2:
+        return {}
+    tracker.begin("clip", sum(w for _, w in batch))
+    ctx.control.progress = tracker.ffmpeg
+    made = make_copy_clips(session.input, info, [c for c, _ in batch], out_dir, ctx.settings.media,
+                           control=ctx.control, timeout=ctx.settings.media.stage_timeout)
+    tracker.finish()
+    return {c.name: _clip_output(c, made[c.name]) for c, _ in batch}
+
+
+def _kept(ctx: JobContext, session: SourceSession, spec: ClipSpec) -> bool:
+    """Whether the output cache holds this clip now (it is then reused, not cut again)."""
+    if session.version_key is None or ctx.settings.cache.output_max_bytes <= 0:
+        return False
+    entry = ctx.sources.outputs.entry_dir(output_key(session.version_key, spec, ctx.settings.media))
+    return (entry / "meta.json").is_file() and (entry / "output").is_file()
+
+
+def _clip_output(spec: ClipSpec, r: ClipResult) -> LocalOutput:
+    v = r.info.video
+    return LocalOutput(spec.name, "clip", r.path, spec.format, r.info.duration, v.width if v else None,
+                       v.height if v else None, r.mode, r.note)
+
+
 def _make(ctx: JobContext, src: Path | str, spec: ClipSpec | ThumbSpec, info: MediaInfo, out_dir: Path) -> LocalOutput:
     timeout = ctx.settings.media.stage_timeout
     threads = ctx.settings.workers.ffmpeg_threads
     if isinstance(spec, ClipSpec):
         r = make_clip(src, info, spec, out_dir, ctx.settings.media, threads=threads, control=ctx.control,
                       timeout=timeout)
-        v = r.info.video
-        return LocalOutput(spec.name, "clip", r.path, spec.format, r.info.duration, v.width if v else None,
-                           v.height if v else None, r.mode, r.note)
+        return _clip_output(spec, r)
     t = make_thumbnail(src, info, spec, out_dir, control=ctx.control, timeout=timeout, threads=threads)
     return LocalOutput(spec.name, "thumbnail", t.path, t.format, None, t.width, t.height)
 
 
 def _output(ctx: JobContext, session: SourceSession, spec: ClipSpec | ThumbSpec, info: MediaInfo,
-            out_dir: Path) -> LocalOutput:
-    """One clip or thumbnail: reused from the cache when it holds it for this source version."""
+            out_dir: Path, premade: dict[str, LocalOutput]) -> LocalOutput:
+    """One clip or thumbnail: reused from the cache when it holds it for this source version,
+    else the one `_cut_copies` made, else made now."""
+    def make_one() -> LocalOutput:
+        return premade.get(spec.name) or _make(ctx, session.input, spec, info, out_dir)
+
     if session.version_key is None or ctx.settings.cache.output_max_bytes <= 0:
-        return _make(ctx, session.input, spec, info, out_dir)
+        return make_one()
 
     def make() -> tuple[Path, dict[str, Any]]:
-        out = _make(ctx, session.input, spec, info, out_dir)
+        out = make_one()
         return out.path, {k: v for k, v in dataclasses.asdict(out).items() if k not in ("name", "path", "reused")}
 
     made = _make_name(spec, out_dir)
