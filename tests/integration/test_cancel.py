@@ -113,7 +113,8 @@ def test_running_jobs_are_killed_by_whichever_daemon_runs_them(clipper_factory, 
         result = producer.result(job_id, timeout=30)
         assert result is not None and result["status"] == "cancelled", result
         assert harness.wait_job(job_id)["status"] == "cancelled"
-        assert json.loads(harness.r.rpop(f"app:{job_id}"))["status"] == "cancelled"
+        reply = harness.r.brpop([f"app:{job_id}"], timeout=10)  # delivered from the outbox just after the record
+        assert reply is not None and json.loads(reply[1])["status"] == "cancelled", reply
         assert not list(harness.output_dir.rglob("*.*")), "no output object and no manifest"
         assert harness.places(harness.pushed[job_id]) == []  # acknowledged
         assert harness.status().returncode == 0
