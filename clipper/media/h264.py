@@ -14,6 +14,7 @@ from pathlib import Path
 
 from clipper.jobs.probe import PROBE_TIMEOUT
 from clipper.media.command import JobControl, local_input_options, run_command
+from clipper.media.mp4index import Unsure, boxes, read_moov
 from clipper.media.smartplan import SmartCutFallback
 
 
@@ -154,56 +155,29 @@ class Mp4Track:
     first_sample_size: int
 
 
-def _read_moov(path: Path) -> bytes:
-    """The top-level `moov` box of an MP4, found by seeking over the others."""
-    with open(path, "rb") as f:
-        end = f.seek(0, 2)
-        pos = 0
-        while pos + 8 <= end:
-            f.seek(pos)
-            head = f.read(16)
-            size, kind, header = int.from_bytes(head[:4], "big"), head[4:8], 8
-            if size == 1:
-                size, header = int.from_bytes(head[8:16], "big"), 16
-            elif size == 0:
-                size = end - pos
-            if size < header:
-                break
-            if kind == b"moov":
-                f.seek(pos)
-                return f.read(size)
-            pos += size
-    raise SmartCutFallback(f"piece {path.name} has no moov box")
-
-
 def read_mp4_track(path: Path) -> Mp4Track:
     """avcC and sample sizes (stsz) of the first video track of an MP4 (a box walk). Only the
     `moov` box is read: a copied middle piece can be gigabytes of `mdat`."""
-    data = _read_moov(path)
     found: dict[bytes, bytes] = {}
 
-    def walk(lo: int, hi: int) -> None:
-        pos = lo
-        while pos + 8 <= hi and not (b"avcC" in found and b"stsz" in found):
-            size, kind, header = int.from_bytes(data[pos:pos + 4], "big"), data[pos + 4:pos + 8], 8
-            if size == 1:
-                size, header = int.from_bytes(data[pos + 8:pos + 16], "big"), 16
-            elif size == 0:
-                size = hi - pos
-            if size < header or pos + size > hi:
+    def walk(data: bytes, lo: int, hi: int) -> None:
+        for kind, body, end in boxes(data, lo, hi):
+            if b"avcC" in found and b"stsz" in found:
                 return
-            body = pos + header
-            if kind in (b"moov", b"trak", b"mdia", b"minf", b"stbl"):
-                walk(body, pos + size)
+            if kind in (b"trak", b"mdia", b"minf", b"stbl"):
+                walk(data, body, end)
             elif kind == b"stsd":
-                walk(body + 8, pos + size)  # version/flags, entry count
+                walk(data, body + 8, end)  # version/flags, entry count
             elif kind in (b"avc1", b"avc3"):
-                walk(body + 78, pos + size)  # the VisualSampleEntry's fixed fields
+                walk(data, body + 78, end)  # the VisualSampleEntry's fixed fields
             elif kind in (b"avcC", b"stsz"):
-                found.setdefault(kind, data[body:pos + size])
-            pos += size
+                found.setdefault(kind, data[body:end])
 
-    walk(0, len(data))
+    try:
+        data, _ = read_moov(path)
+        walk(data, 0, len(data))
+    except Unsure as exc:
+        raise SmartCutFallback(f"piece {path.name}: {exc}") from None
     if b"avcC" not in found or b"stsz" not in found:
         raise SmartCutFallback(f"piece {path.name} is not an H.264 MP4")
     stsz = found[b"stsz"]

@@ -1,5 +1,8 @@
 """Checking an output before it is uploaded: ffmpeg can exit 0 having written an empty or
-truncated file, so every clip and thumbnail is probed and compared with what was asked for.
+truncated file, so every clip and thumbnail is read back and compared with what was asked for.
+An MP4/MOV/M4A clip is read from its own index in Python (`mp4index`: the same values ffprobe
+gives, without a process start per output); anything else, or an index that reader does not
+model, is read by ffprobe.
 
 `check_media` is pure (a MediaInfo against expectations -> the list of problems); the
 functions that run ffprobe are thin. A missing, empty or unreadable output is a
@@ -24,6 +27,7 @@ from typing import Any
 from clipper.errors import PermanentError, TransientError
 from clipper.jobs.probe import MediaInfo, read_media_info
 from clipper.media.command import JobControl
+from clipper.media.mp4index import Broken, Unsure, read_index
 
 # Demuxers that may read back what we wrote (our outputs are trusted, but the whitelist stays
 # narrow all the same).
@@ -110,9 +114,21 @@ def _check_file(path: Path, what: str) -> None:
         raise TransientError(f"{what}: ffmpeg wrote an empty output file")
 
 
-def probe_output(path: Path, *, control: JobControl | None, what: str) -> MediaInfo:
-    """ffprobe an output we wrote; unreadable (no stream, no duration) is a TransientError."""
-    info, reason = read_media_info(path, OUTPUT_FORMAT_WHITELIST, what=f"check of {what}", control=control)
+def read_output_info(path: Path, *, control: JobControl | None, what: str,
+                     need_sar: bool = False) -> tuple[MediaInfo | None, str]:
+    """What an output we wrote holds: from its MP4 index when `mp4index` can say (no process),
+    else from ffprobe. (None, why) when it is unreadable."""
+    try:
+        return read_index(path, need_sar=need_sar), ""
+    except Broken as exc:
+        return None, str(exc)
+    except Unsure:
+        return read_media_info(path, OUTPUT_FORMAT_WHITELIST, what=f"check of {what}", control=control)
+
+
+def probe_output(path: Path, *, control: JobControl | None, what: str, need_sar: bool = False) -> MediaInfo:
+    """Read an output we wrote back; unreadable (no stream, no duration) is a TransientError."""
+    info, reason = read_output_info(path, control=control, what=what, need_sar=need_sar)
     if info is not None and info.video is None and info.audio is None:
         info, reason = None, "no audio or video stream"
     if info is not None and info.duration <= 0:
@@ -137,7 +153,7 @@ def verify_output(
     `overshoot` allows (a copy clip's keyframe lead-in, which costs a read of the packet index:
     not worth it for the usual output that is on time)."""
     _check_file(path, what)
-    info = probe_output(path, control=control, what=what)
+    info = probe_output(path, control=control, what=what, need_sar=bool(expected.get("square_pixels")))
     problems = check_media(info, **expected)
     if problems and explain_overshoot is not None:
         allowed = (expected.get("overshoot") or expected["tolerance"]) + explain_overshoot()
