@@ -3,7 +3,8 @@
 `SourceCache` is the daemon's view of `cache.dir` (areas, counters, failure cache), made once
 per daemon. `open_source` gives a job a `SourceSession`:
 
-- `file://` under `fetch.allow_file_roots`: read in place, as before (nothing cached).
+- `file://` under `fetch.allow_file_roots`: read in place (no copy); its probe is remembered
+  in memory by the file's identity (`LocalProbes`), so jobs on one file probe it once.
 - http(s) and s3: the version is fixed by the opening request (origin.py), the entry of that version
   is leased (store.py), and a loopback endpoint (endpoint.py) serves it to ffmpeg, fetching
   missing blocks with closed ranges (blocks.py). Opening a URL is done by one job at a time
@@ -21,6 +22,9 @@ import hashlib
 import json
 import os
 import secrets
+import threading
+import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -54,6 +58,7 @@ class SourceCache:
         self.outputs = Area(self.root / "outputs", cache.output_max_bytes, cache.ttl, self.counters)
         self.failures = FailureCache(self.root / "failures", cache.failure_ttl, self.counters)
         self.urls = self.root / "urls"
+        self.local_probes = LocalProbes()
         for d in (self.root, self.urls, self.sources.root, self.outputs.root):
             d.mkdir(parents=True, exist_ok=True)
         self.sources.companions = [self.urls, self.failures.root]
@@ -65,6 +70,45 @@ class SourceCache:
                 "budget": self.sources.budget, "output_entries": len(outputs),
                 "output_bytes": sum(e[1] for e in outputs), "output_budget": self.outputs.budget,
                 **self.counters.read()}
+
+
+class LocalProbes:
+    """The probes of local (`file://`) sources, in memory, by what identifies a file's content
+    without reading it: (path, device, inode, size, mtime, ctime), least recently used dropped.
+    A file changed less than RACY_SECONDS ago is not remembered (a rewrite within the clock's
+    granularity could keep every field: git's "racy" rule), nor one that changed while it was
+    probed. Replacing a file by rename gives a new inode; writing into it moves mtime and ctime."""
+
+    RACY_SECONDS = 2.0
+    ENTRIES = 256
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._probes: OrderedDict[tuple[Any, ...], dict[str, Any]] = OrderedDict()
+
+    def identity(self, path: Path) -> tuple[Any, ...] | None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) < self.RACY_SECONDS * 1e9:
+            return None
+        return (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    def get(self, identity: tuple[Any, ...]) -> dict[str, Any] | None:
+        with self._lock:
+            data = self._probes.get(identity)
+            if data is not None:
+                self._probes.move_to_end(identity)
+            return data
+
+    def put(self, identity: tuple[Any, ...], path: Path, data: dict[str, Any]) -> None:
+        if self.identity(path) != identity:
+            return  # changed while ffprobe read it
+        with self._lock:
+            self._probes[identity] = data
+            while len(self._probes) > self.ENTRIES:
+                self._probes.popitem(last=False)
 
 
 def url_identity(url: str) -> str:
@@ -92,11 +136,16 @@ class SourceSession:
         `max_pixels`: ffprobe refuses a larger picture instead of decoding it (media limits)."""
         cached = self.lease.dir / "probe.json" if self.lease is not None and not self.private else None
         data = read_json(cached) if cached is not None else None
+        local = self.cache.local_probes.identity(Path(self.input)) if self.blocks is None else None
+        if local is not None:
+            data = self.cache.local_probes.get(local)
         reason = ""
         if data is None:
             data, reason = probe_json(self.input, SOURCE_FORMAT_WHITELIST, what=PROBE_WHAT, control=control,
                                       max_pixels=max_pixels)
             self.raise_origin_error()
+            if data is not None and local is not None:
+                self.cache.local_probes.put(local, Path(self.input), data)
         try:
             info = source_media_info(data, reason, PROBE_WHAT)
         except PermanentError as exc:

@@ -16,7 +16,7 @@ from clipper.sources.endpoint import parse_range
 from clipper.sources.failures import FailureCache
 from clipper.sources.origin import Version, parse_content_range
 from clipper.sources.outputs import output_key
-from clipper.sources.session import url_identity
+from clipper.sources.session import LocalProbes, url_identity
 from clipper.sources.store import Area, Counters, write_atomic
 
 
@@ -90,3 +90,36 @@ def test_failure_cache_answers_with_the_reason(tmp_path: Path) -> None:
         failures.check("http://h/x.mp4")
     failures.check("http://other:pw@h/x.mp4")  # other credentials: asks the origin itself
     assert Counters(tmp_path).read()["failure_hits"] == 1
+
+
+def test_a_local_files_probe_is_remembered_until_the_file_changes(tmp_path: Path) -> None:
+    probes = LocalProbes()
+    f = tmp_path / "a.mp4"
+    f.write_bytes(b"one")
+    assert probes.identity(f) is None  # just written: a rewrite within the clock's granularity could go unseen
+    probes.RACY_SECONDS = 0.0  # rather than wait two seconds
+    identity = probes.identity(f)
+    probes.put(identity, f, {"format": {"duration": "1"}})
+    assert probes.get(identity) == {"format": {"duration": "1"}}
+    f.write_bytes(b"two")  # same size, new content: mtime and ctime move
+    assert probes.identity(f) != identity
+    moved = tmp_path / "b.mp4"
+    moved.write_bytes(b"one")
+    os.replace(moved, f)  # replaced by rename: another inode
+    assert probes.identity(f) != identity
+    probes.put(identity, f, {"stale": True})  # the file changed since `identity`: not kept
+    assert probes.get(probes.identity(f)) is None
+
+
+def test_local_probes_keep_the_most_recently_used(tmp_path: Path) -> None:
+    probes = LocalProbes()
+    probes.RACY_SECONDS, probes.ENTRIES = 0.0, 2
+    files = [tmp_path / f"{k}.mp4" for k in range(3)]
+    ids = []
+    for k, f in enumerate(files):
+        f.write_bytes(b"x" * k)
+        ids.append(probes.identity(f))
+        probes.put(ids[-1], f, {"k": k})
+        if k == 1:
+            probes.get(ids[0])  # 0 used again: 1 is now the least recently used
+    assert probes.get(ids[0]) == {"k": 0} and probes.get(ids[1]) is None and probes.get(ids[2]) == {"k": 2}
