@@ -41,13 +41,15 @@ def run_clipper(url: str, work: Path) -> None:
     with tempfile.TemporaryDirectory(dir=work) as tmp:
         settings = Settings(fetch=FetchSettings(allow_private=True), cache=CacheSettings(dir=Path(tmp) / "cache"))
         control = JobControl("bench-remote")
-        session = open_source(url, SourceCache(settings), Path(tmp), control)
+        cache = SourceCache(settings)
+        session = open_source(url, cache, Path(tmp), control)
         try:
             info = session.probe(control)
             make_clip(session.input, info, ClipSpec("c", START, START + 10, "copy", "mp4"), Path(tmp), settings.media,
                       threads=0, control=control, timeout=600)
         finally:
             session.close()
+            cache.close()
 
 
 def run_bare(url: str, work: Path) -> None:

@@ -1,8 +1,10 @@
-"""The loopback HTTP endpoint ffmpeg and ffprobe read one job's remote source through.
+"""The loopback HTTP endpoint ffmpeg and ffprobe read a job's remote source through.
 
-One endpoint per job: a threaded HTTP server bound to 127.0.0.1 on an ephemeral port that
-answers GET for exactly one path, `/<unguessable token>/<name>`, with the job's source and
-404 for anything else. It honours one Range (`bytes=a-`, `bytes=a-b`, `bytes=-n`) with 206 and
+One server per daemon (`EndpointServer`, started with the first remote source): a threaded
+HTTP server bound to 127.0.0.1 on an ephemeral port. Each job registers its source under its
+own path, `/<unguessable token>/<name>` (`LocalEndpoint`), for as long as it runs; every other
+path is a 404. (A server per job cost a thread start, a bind and a shutdown that waits for
+the serving loop's poll: ~0.1 s per job, issue 8.) It honours one Range (`bytes=a-`, `bytes=a-b`, `bytes=-n`) with 206 and
 Content-Range, so ffmpeg seeks instead of reading through. The body is produced block by
 block from the cache (`BlockSource.block`, which fetches a missing block from the origin), and
 only as fast as the client takes it: the socket's send buffer is kept small, so when ffmpeg
@@ -59,9 +61,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         super().setup()
 
     def do_GET(self) -> None:
-        source = self.server.source
+        source = self.server.owner.lookup(self.path)
         self.close_connection = True
-        if self.path != self.server.path:
+        if source is None:
             self._empty(404)
             return
         rng = parse_range(self.headers.get("Range"), source.size)
@@ -113,24 +115,56 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
-    source: BlockSource
-    path: str
+    owner: EndpointServer
+
+
+class EndpointServer:
+    """The daemon's loopback server for its jobs' sources (module doc); started on first use."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._sources: dict[str, BlockSource] = {}
+
+    def serve(self, source: BlockSource, name: str) -> LocalEndpoint:
+        """Serve `source` under a new unguessable path until the endpoint's `close`."""
+        path = f"/{secrets.token_urlsafe(24)}/{name}"
+        with self._lock:
+            if self._server is None:
+                self._server = _Server(("127.0.0.1", 0), _Handler)
+                self._server.owner = self
+                # a daemon thread: the daemon's exit does not wait for it (close() is for tests, scripts)
+                self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
+                                                name="source-endpoint", daemon=True)
+                self._thread.start()
+            self._sources[path] = source
+            port = self._server.server_address[1]
+        return LocalEndpoint(self, path, f"{LOOPBACK_URL_PREFIX}{port}{path}")
+
+    def lookup(self, path: str) -> BlockSource | None:
+        with self._lock:
+            return self._sources.get(path)
+
+    def drop(self, path: str) -> None:
+        with self._lock:
+            self._sources.pop(path, None)
+
+    def close(self) -> None:
+        with self._lock:
+            server, thread, self._server, self._thread = self._server, self._thread, None, None
+            self._sources.clear()
+        if server is not None and thread is not None:
+            server.shutdown()
+            server.server_close()
+            thread.join()
 
 
 class LocalEndpoint:
-    """Serves one job's source on loopback until `close` (module doc)."""
+    """One job's source on the daemon's loopback server, at `url`, until `close` (module doc)."""
 
-    def __init__(self, source: BlockSource, name: str):
-        self._server = _Server(("127.0.0.1", 0), _Handler)
-        self._server.source = source
-        self._server.path = f"/{secrets.token_urlsafe(24)}/{name}"
-        port = self._server.server_address[1]
-        self.url = f"{LOOPBACK_URL_PREFIX}{port}{self._server.path}"
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
-                                        name="source-endpoint", daemon=True)
-        self._thread.start()
+    def __init__(self, server: EndpointServer, path: str, url: str):
+        self._server, self._path, self.url = server, path, url
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
+        self._server.drop(self._path)

@@ -36,7 +36,7 @@ from clipper.jobs.spec import redact_url
 from clipper.media.command import SOURCE_FORMAT_WHITELIST, JobControl
 from clipper.settings import Settings
 from clipper.sources.blocks import BlockSource
-from clipper.sources.endpoint import LocalEndpoint
+from clipper.sources.endpoint import EndpointServer, LocalEndpoint
 from clipper.sources.failures import FailureCache
 from clipper.sources.origin import HttpOrigin, Opened, SourceRefused, Version
 from clipper.sources.origin_s3 import S3Origin
@@ -59,9 +59,14 @@ class SourceCache:
         self.failures = FailureCache(self.root / "failures", cache.failure_ttl, self.counters)
         self.urls = self.root / "urls"
         self.local_probes = LocalProbes()
+        self.endpoints = EndpointServer()  # the loopback server ffmpeg reads remote sources from
         for d in (self.root, self.urls, self.sources.root, self.outputs.root):
             d.mkdir(parents=True, exist_ok=True)
         self.sources.companions = [self.urls, self.failures.root]
+
+    def close(self) -> None:
+        """Stop the loopback server (the daemon's end; a job's session only drops its path)."""
+        self.endpoints.close()
 
     def summary(self) -> dict[str, Any]:
         """What `clipper stats` shows of the cache."""
@@ -208,7 +213,7 @@ def open_source(url: str, cache: SourceCache, workdir: Path, control: JobControl
     name = source_filename(urlsplit(url).path)
     assert session.blocks is not None
     try:
-        session.endpoint = LocalEndpoint(session.blocks, name)
+        session.endpoint = cache.endpoints.serve(session.blocks, name)
     except BaseException:
         session.close()
         raise

@@ -284,21 +284,31 @@ def test_s3_source_is_read_in_ranges(clipper: ClipperHarness, s3_server, s3, med
 
 def test_endpoint_serves_only_the_jobs_own_source_on_loopback(http, media_dir, tmp_path) -> None:
     settings = Settings(fetch=FetchSettings(allow_private=True), cache=CacheSettings(dir=tmp_path / "cache"))
-    session = open_source(http.url("/media/sample.mp4"), SourceCache(settings), tmp_path, JobControl("endpoint"))
+    cache = SourceCache(settings)
+    control = JobControl("endpoint")
+    session = open_source(http.url("/media/sample.mp4"), cache, tmp_path, control)
+    other = open_source(http.url("/media/sample.mp4"), cache, tmp_path, control)  # another job on the same server
     try:
         url = str(session.input)
         parts = urllib.parse.urlsplit(url)
         assert parts.hostname == "127.0.0.1" and len(parts.path.split("/")[1]) >= 32  # an unguessable token
+        assert urllib.parse.urlsplit(str(other.input)).port == parts.port and other.input != url
         with urllib.request.urlopen(urllib.request.Request(url, headers={"Range": "bytes=100-199"})) as reply:
             assert reply.status == 206 and reply.read() == (media_dir / "sample.mp4").read_bytes()[100:200]
-        for other in ("/", "/sample.mp4", parts.path + "x", "/" + "A" * 32 + "/sample.mp4", "/../etc/passwd"):
+        for path in ("/", "/sample.mp4", parts.path + "x", "/" + "A" * 32 + "/sample.mp4", "/../etc/passwd"):
             with pytest.raises(urllib.error.HTTPError) as err:
-                urllib.request.urlopen(f"http://127.0.0.1:{parts.port}{other}")
+                urllib.request.urlopen(f"http://127.0.0.1:{parts.port}{path}")
             assert err.value.code == 404
+        session.close()
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(url, timeout=5)  # gone with the job
+        assert err.value.code == 404
+        with urllib.request.urlopen(str(other.input), timeout=5) as reply:  # the other job's still there
+            assert reply.status == 200
     finally:
         session.close()
-    with pytest.raises(urllib.error.URLError):
-        urllib.request.urlopen(url, timeout=5)  # gone with the job
+        other.close()
+        cache.close()
 
 
 def test_cancel_stops_a_range_read_within_a_second(http) -> None:
