@@ -321,6 +321,13 @@ class ClipperHarness:
             error = schema_error("message", message)
             assert error is None, f"job {job_id} was done, but its message does not match the schema: {error}"
 
+    def reply(self, key: str, timeout: float = 10) -> dict[str, Any]:
+        """The next reply on `key` (a reply_to list). Replies go out from the outbox just after
+        the job's record is written, so a test that saw the record waits for the reply."""
+        popped = self.r.brpop([key], timeout=timeout)
+        assert popped is not None, f"no reply on {key} within {timeout} s\n{self.diagnostics()}"
+        return json.loads(popped[1])
+
     def wait_jobs(self, job_ids: Iterable[str], statuses: Iterable[str] = FINISHED,
                   timeout: float = 60) -> dict[str, dict[str, str]]:
         deadline = time.monotonic() + timeout

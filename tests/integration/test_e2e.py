@@ -65,9 +65,8 @@ def test_clip_to_directory(clipper: ClipperHarness, http) -> None:
     assert manifest["outputs"] == result["outputs"] and manifest["timings"] == result["timings"]
     assert {"fetch", "probe", "clip", "upload", "total"} <= set(result["timings"])
 
-    reply = clipper.r.rpop("app:results")
-    assert reply is not None, "no result on reply_to"
-    assert json.loads(reply)["status"] == "done" and json.loads(reply)["id"] == "j1"
+    reply = clipper.reply("app:results")
+    assert reply["status"] == "done" and reply["id"] == "j1"
 
     events = [e for e in clipper.log_events() if e.get("job_id") == "j1"]
     assert events, "no log line carries job_id=j1"
@@ -95,7 +94,7 @@ def test_clip_to_s3(clipper: ClipperHarness, http, s3_server, s3) -> None:
     assert manifest["id"] == "j1"
     assert [o["key"] for o in manifest["outputs"]] == ["clips/j1/a.mp4"]
     assert sorted(s3_server.keys()) == ["clips/j1/a.mp4", "clips/j1/manifest.json"]
-    assert json.loads(clipper.r.rpop("app:results"))["status"] == "done"
+    assert clipper.reply("app:results")["status"] == "done"
     assert_clean_queue(clipper)
 
 

@@ -150,11 +150,11 @@ def test_hostile_messages_are_dead_lettered_and_good_ones_done(clipper: ClipperH
         assert clipper.job(job_id)["status"] == "done", clipper.job(job_id)
     assert clipper.output_path("clips/good1/a.mp4").is_file()
     assert clipper.output_path("clips/good2/b.mp4").is_file()
-    assert json.loads(clipper.r.rpop("app:results"))["id"] == "good2"
+    assert clipper.reply("app:results")["id"] == "good2"
     assert clipper.r.llen("app:results") == 0
     # an oversized message is still known by its explicit id, and its producer hears of it
     assert dead_by_raw[bad["oversized with id"].decode()]["id"] == "big-1"
-    reply = json.loads(clipper.r.rpop("app:oversized"))
+    reply = clipper.reply("app:oversized")
     assert (reply["id"], reply["status"]) == ("big-1", "failed") and "limit" in reply["error"]["message"]
 
     # nothing written outside the output root, nor anything but the good jobs inside it

@@ -64,7 +64,7 @@ def test_a_buried_poison_message_still_reaches_its_reply_to(clipper: ClipperHarn
     clipper.push(msg)
     clipper.start()
     assert clipper.wait_job("poison2")["status"] == "failed"
-    reply = json.loads(clipper.r.rpop("app:poison-results"))
+    reply = clipper.reply("app:poison-results")
     assert reply["id"] == "poison2" and reply["status"] == "failed" and "retry.max_attempts" in reply["error"]["message"]
 
 
