@@ -307,7 +307,7 @@ def read_index(path: Path, *, need_sar: bool = False) -> MediaInfo:
     data, file_size = read_moov(path)
     try:
         return _media_info(data, file_size, need_sar)
-    except (struct.error, IndexError, StopIteration, ZeroDivisionError) as exc:
+    except (struct.error, IndexError, StopIteration, ZeroDivisionError, ValueError, OverflowError) as exc:
         raise Unsure(f"unreadable index: {exc!r}") from None
 
 

@@ -4,6 +4,7 @@ the checks and the result use; what it does not model goes to ffprobe; a file cu
 
 from __future__ import annotations
 
+import random
 import shutil
 import subprocess
 from pathlib import Path
@@ -16,7 +17,7 @@ from clipper.jobs.clip import make_clip
 from clipper.jobs.copies import make_copy_clips
 from clipper.jobs.probe import MediaInfo, media_info_from_json
 from clipper.jobs.spec import ClipSpec
-from clipper.media.mp4index import Unsure, read_index
+from clipper.media.mp4index import Broken, Unsure, read_index
 from clipper.media.verify import probe_output, read_output_info
 
 
@@ -95,3 +96,20 @@ def test_an_output_cut_short_after_its_index_fails(sources, tmp_path: Path, cont
     assert ffprobe_info(cut).duration > 0
     with pytest.raises(TransientError, match=r"clip: the output is unreadable: .*past the end of the file"):
         probe_output(cut, control=control, what="clip")
+
+
+def test_a_damaged_index_is_unsure_or_broken_never_an_exception(sources, tmp_path: Path) -> None:
+    # the reader runs in the daemon: whatever the bytes, it answers or passes the file to ffprobe
+    original = sources["gop2"].path.read_bytes()
+    moov = original.find(b"moov") - 4  # faststart: the index is near the start
+    rng = random.Random(8)
+    damaged = tmp_path / "damaged.mp4"
+    for _ in range(300):
+        data = bytearray(original[: moov + 40_000])
+        for _ in range(rng.randint(1, 8)):
+            data[rng.randrange(moov, moov + 40_000)] = rng.randrange(256)
+        damaged.write_bytes(bytes(data))
+        try:
+            read_index(damaged, need_sar=True)
+        except (Unsure, Broken):
+            pass
