@@ -18,11 +18,11 @@ from typing import Any
 import redis
 
 from clipper import __version__
-from clipper.connections import connect_redis, wait_policy
+from clipper.connections import connect_redis, unreachable, wait_policy
 from clipper.daemon import Readiness, live, lock_holder, start_detached, stop_and_wait
 from clipper.errors import SettingsError
 from clipper.keys import default_consumer_id
-from clipper.queue import ReliableQueue, unreachable
+from clipper.queue import ReliableQueue
 from clipper.settings import Settings, load_settings
 from clipper.sources.session import SourceCache
 

@@ -28,6 +28,8 @@ import redis
 from redis.cluster import ClusterNode, RedisCluster
 from redis.commands.core import Script
 
+from clipper.logs import scrub
+
 if TYPE_CHECKING:  # settings validates URLs with this module: no import cycle at run time
     from clipper.settings import RedisSettings
 
@@ -132,6 +134,11 @@ def _db(text: str) -> int:
     if not text.isdigit():
         raise ValueError(f"database must be a number, not {text!r}")
     return int(text)
+
+
+def unreachable(settings: RedisSettings, exc: Exception) -> str:
+    """The one-line reason Redis could not be reached (credentials scrubbed from the URL)."""
+    return scrub(f"cannot reach Redis at {settings.url}: {exc}")
 
 
 def connect_redis(settings: RedisSettings) -> RedisClient:

@@ -23,7 +23,7 @@ import redis
 
 from clipper import __version__, logs
 from clipper.chores import Chores, RedisOutage
-from clipper.connections import connect_redis, durability_warnings, redis_trouble, wait_policy
+from clipper.connections import connect_redis, durability_warnings, redis_trouble, unreachable, wait_policy
 from clipper.daemon import CannotStart, Readiness
 from clipper.jobs.spec import job_id_for_raw, reply_to_for_raw
 from clipper.keys import default_consumer_id
@@ -31,7 +31,7 @@ from clipper.media.command import JobControl
 from clipper.observer import Observer
 from clipper.outbox import Deliveries
 from clipper.policy import Ack, Bury, Failure, Outcome, OutputBreaker, Requeue, Retry, RetryPolicy, cancelled_result
-from clipper.queue import ReliableQueue, unreachable
+from clipper.queue import ReliableQueue
 from clipper.runner import InFlight, JobRunner
 from clipper.settings import Settings
 

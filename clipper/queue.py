@@ -24,9 +24,7 @@ from redis.commands.core import Script
 from clipper.connections import RedisClient, WaitForReplicas
 from clipper.foreign import ForeignKeys, heartbeat_info, key_type
 from clipper.keys import HIGH_SCAN, RETRY_NONCE_LEN, Keys, lua_source
-from clipper.logs import scrub
 from clipper.outbox import Outbox, Reply
-from clipper.settings import RedisSettings
 
 
 class ForeignKeyError(redis.ResponseError):
@@ -37,11 +35,6 @@ class ForeignKeyError(redis.ResponseError):
 class JobRecordError(redis.ResponseError):
     """A job's record key (Q:job:<id>) holds another type: nothing was written, the item stays
     where it was, and the caller dead-letters it as it is."""
-
-
-def unreachable(settings: RedisSettings, exc: Exception) -> str:
-    """The one-line reason Redis could not be reached (credentials scrubbed from the URL)."""
-    return scrub(f"cannot reach Redis at {settings.url}: {exc}")
 
 
 def _now() -> float:
