@@ -1,8 +1,8 @@
 """Checking an output before it is uploaded: ffmpeg can exit 0 having written an empty or
 truncated file, so every clip and thumbnail is read back and compared with what was asked for.
-An MP4/MOV/M4A clip is read from its own index in Python (`mp4index`: the same values ffprobe
-gives, without a process start per output); anything else, or an index that reader does not
-model, is read by ffprobe.
+An MP4/MOV/M4A clip is read from its own index in Python (`mp4index`), a PNG/JPEG/WebP
+thumbnail from its header (`imageinfo`): the same values ffprobe gives, without a process start
+per output; anything else, or what those readers do not model, is read by ffprobe.
 
 `check_media` is pure (a MediaInfo against expectations -> the list of problems); the
 functions that run ffprobe are thin. A missing, empty or unreadable output is a
@@ -27,6 +27,7 @@ from typing import Any
 from clipper.errors import PermanentError, TransientError
 from clipper.jobs.probe import MediaInfo, read_media_info
 from clipper.media.command import JobControl
+from clipper.media.imageinfo import read_image
 from clipper.media.mp4index import Broken, Unsure, read_index
 
 # Demuxers that may read back what we wrote (our outputs are trusted, but the whitelist stays
@@ -167,9 +168,15 @@ def verify_image(
     path: Path, *, width: int | None, height: int | None, codec: str, control: JobControl | None = None,
     what: str = "thumbnail",
 ) -> MediaInfo:
-    """Probe an image we wrote (images have no duration, so probe_media does not fit)."""
+    """Read an image we wrote back from its header (`imageinfo`), or with ffprobe when that
+    cannot say (images have no duration, so probe_output does not fit)."""
     _check_file(path, what)
-    info, reason = read_media_info(path, IMAGE_FORMAT_WHITELIST, what=f"check of {what}", control=control)
+    try:
+        info, reason = read_image(path), ""
+    except Broken as exc:
+        info, reason = None, str(exc)
+    except Unsure:
+        info, reason = read_media_info(path, IMAGE_FORMAT_WHITELIST, what=f"check of {what}", control=control)
     if info is None or info.video is None:
         raise TransientError(f"{what}: the output is unreadable: {reason or 'no image stream'}")
     problems = check_media(info, expect_video=True, expect_audio=False, duration=None, tolerance=0,
