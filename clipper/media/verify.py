@@ -115,16 +115,23 @@ def _check_file(path: Path, what: str) -> None:
         raise TransientError(f"{what}: ffmpeg wrote an empty output file")
 
 
-def read_output_info(path: Path, *, control: JobControl | None, what: str,
-                     need_sar: bool = False) -> tuple[MediaInfo | None, str]:
-    """What an output we wrote holds: from its MP4 index when `mp4index` can say (no process),
-    else from ffprobe. (None, why) when it is unreadable."""
+def read_back(path: Path, reader: Callable[[Path], MediaInfo], whitelist: str, *, control: JobControl | None,
+              what: str) -> tuple[MediaInfo | None, str]:
+    """What an output we wrote holds: from `reader` (its own index or header, no process) when
+    it can say, else from ffprobe with these demuxers. (None, why) when it is unreadable."""
     try:
-        return read_index(path, need_sar=need_sar), ""
+        return reader(path), ""
     except Broken as exc:
         return None, str(exc)
     except Unsure:
-        return read_media_info(path, OUTPUT_FORMAT_WHITELIST, what=f"check of {what}", control=control)
+        return read_media_info(path, whitelist, what=f"check of {what}", control=control)
+
+
+def read_output_info(path: Path, *, control: JobControl | None, what: str,
+                     need_sar: bool = False) -> tuple[MediaInfo | None, str]:
+    """A clip we wrote: from its MP4 index (`mp4index`), else ffprobe."""
+    return read_back(path, lambda p: read_index(p, need_sar=need_sar), OUTPUT_FORMAT_WHITELIST, control=control,
+                     what=what)
 
 
 def probe_output(path: Path, *, control: JobControl | None, what: str, need_sar: bool = False) -> MediaInfo:
@@ -171,12 +178,7 @@ def verify_image(
     """Read an image we wrote back from its header (`imageinfo`), or with ffprobe when that
     cannot say (images have no duration, so probe_output does not fit)."""
     _check_file(path, what)
-    try:
-        info, reason = read_image(path), ""
-    except Broken as exc:
-        info, reason = None, str(exc)
-    except Unsure:
-        info, reason = read_media_info(path, IMAGE_FORMAT_WHITELIST, what=f"check of {what}", control=control)
+    info, reason = read_back(path, read_image, IMAGE_FORMAT_WHITELIST, control=control, what=what)
     if info is None or info.video is None:
         raise TransientError(f"{what}: the output is unreadable: {reason or 'no image stream'}")
     problems = check_media(info, expect_video=True, expect_audio=False, duration=None, tolerance=0,
