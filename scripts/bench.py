@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  clipper accurate / bare re-encode:  {med['accurate 60 s'] / med['bare ffmpeg re-encode 60 s']:.3f}"
               f"  (+{med['accurate 60 s'] - med['bare ffmpeg re-encode 60 s']:.3f} s)")
         print(f"  clipper copy / bare copy:           {med['copy 10 s'] / med['bare ffmpeg copy 10 s']:.3f}"
-              f"  (+{med['copy 10 s'] - med['bare ffmpeg copy 10 s']:.3f} s: mostly the ffprobe of the output)")
+              f"  (+{med['copy 10 s'] - med['bare ffmpeg copy 10 s']:.3f} s: the output read back from its index, the wrappers)")
         bench_remote(src, args.runs, args.remote_bps)
         return 0
     finally:
