@@ -34,13 +34,15 @@ def _sar(num: int, den: int) -> Fraction:
 
 
 def _png(data: bytes) -> tuple[str, int, int, Fraction]:
-    pos, size, sar = 8, None, Fraction(1)
+    pos, size, sar, image_data = 8, None, Fraction(1), False
     while pos + 12 <= len(data):
         length, kind = struct.unpack_from(">I4s", data, pos)
         body = data[pos + 8:pos + 8 + length]
         if kind == b"IHDR":
             size = struct.unpack_from(">II", body)
-        elif kind == b"pHYs":
+        elif kind == b"IDAT":
+            image_data = True
+        elif kind == b"pHYs" and not image_data:  # pngdec ignores one after the image data
             sar = _sar(*struct.unpack_from(">ii", body))
         elif kind == b"IEND":
             if size is None:
@@ -54,8 +56,9 @@ def _png(data: bytes) -> tuple[str, int, int, Fraction]:
 
 def _jpeg(data: bytes) -> tuple[str, int, int, Fraction]:
     if data[-2:] != b"\xff\xd9":
-        raise Broken("the JPEG does not end with EOI (a truncated file)")
-    pos, sar = 2, Fraction(1)
+        # ffmpeg's JPEGs end with EOI: without it the file was cut short (a truncated file)
+        raise Broken("the JPEG does not end with EOI (a truncated file, or data after the image)")
+    pos, sar, size = 2, Fraction(1), None
     while pos + 4 <= len(data):
         if data[pos] != 0xFF:
             raise Unsure(f"no JPEG marker at {pos}")
@@ -67,13 +70,15 @@ def _jpeg(data: bytes) -> tuple[str, int, int, Fraction]:
         body = data[pos + 4:pos + 2 + length]
         if marker == 0xE0 and body[:5] == b"JFIF\0":
             sar = _sar(*struct.unpack_from(">HH", body, 8))
-        elif marker in JPEG_FRAMES:
+        elif marker in JPEG_FRAMES and size is None:
             height, width = struct.unpack_from(">HH", body, 1)
-            return "mjpeg", width, height, sar
-        elif marker in (0xD9, 0xDA):
+            size = width, height
+        elif marker in (0xD9, 0xDA):  # the scan: mjpegdec has read every header that counts (JFIF may follow SOF)
             break
         pos += 2 + length
-    raise Unsure("no JPEG frame header before the scan")
+    if size is None:
+        raise Unsure("no JPEG frame header before the scan")
+    return "mjpeg", size[0], size[1], sar
 
 
 def _webp(data: bytes) -> tuple[str, int, int, Fraction]:

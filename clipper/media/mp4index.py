@@ -11,33 +11,42 @@ follow libavformat's mov demuxer, so a check cannot pass here and fail under ffp
 - a stream's duration is the least of its `mdhd` duration, the sum of its `stts` sample
   durations (mov_read_stts) and its one edit's length rescaled to the media's time scale
   (mov_fix_index), in units of `1/mdhd timescale`, printed by ffprobe to 6 decimals; an empty
-  edit before that one is the stream's start time (a stream that starts late);
+  edit before that one is the stream's start time (a stream that starts late), and the
+  container starts with its earliest stream;
 - codecs are named as ffmpeg names them (the sample entry's four-character code; `mp4a` and
   `mp4v` by the object type in their `esds`); the sample aspect ratio is `pasp`'s.
 
 What nothing checks in an output is not read (profile, level, pixel format, frame rate,
 rotation: None or 0). Anything this does not model raises `Unsure` and the caller asks ffprobe
 instead: a file that does not start with `ftyp`, no `moov` (a truncated file), fragmented MP4
-(`mvex`), other edit lists than those above, a rate other than 1, a sample entry it does not
-know, no `pasp` when the sample aspect ratio matters. tests/media/test_mp4index.py holds every
+(`mvex`), other edit lists than those above, a rate other than 1, composition offsets without
+an edit list (the first frame is shown late), cover art (ffprobe counts it as a stream), a
+sample entry it does not know, no `pasp` when the sample aspect ratio matters, boxes nested
+deeper than ours ever are. tests/media/test_mp4index.py holds every
 kind of MP4 output clipper writes against ffprobe's reading of the same file.
 
-One more check ffprobe does not make: every sample the index lists lies inside the file (a file
-cut short after its `moov` raises `Broken`, where ffprobe reads the header and says nothing).
-The `moov` is read whole (at most `MAX_MOOV` bytes; ours are kilobytes), never the media data.
+One more check ffprobe does not make: every sample the index lists lies inside the file (the end
+of each track's furthest chunk, from stco/stsc/stsz; a file cut short after its `moov`, even by
+one byte, raises `Broken`, where ffprobe reads the header and says nothing). The `moov` is read
+whole (at most `MAX_MOOV` bytes; ours are kilobytes), never the media data; its sample tables
+are read into compact arrays, not lists of Python ints.
 """
 
 from __future__ import annotations
 
 import struct
+import sys
+from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
+from itertools import accumulate
 from pathlib import Path
 
 from clipper.jobs.probe import AudioStream, MediaInfo, VideoStream
 
-MAX_MOOV = 64 * 1024 * 1024  # bytes; a moov this big is not one of our clips' (ask ffprobe)
+MAX_MOOV = 16 * 1024 * 1024  # bytes; a moov this big is not one of our clips' (ask ffprobe)
+MAX_DEPTH = 12  # boxes nested deeper than this are not ours (ffprobe: "Atoms too deeply nested")
 FORMAT_NAME = "mov,mp4,m4a,3gp,3g2,mj2"  # what ffprobe calls the demuxer
 
 # sample entry -> ffmpeg's codec name (mp4a/mp4v: by their esds object type, below)
@@ -112,8 +121,11 @@ class Track:
     media_duration: int = 0  # mdhd
     sample_durations: int | None = None  # sum over stts
     samples: int = 0  # stsz
-    sample_bytes: int = 0  # sum over stsz
-    last_chunk: int = 0  # largest chunk offset (stco/co64)
+    uniform_size: int = 0  # stsz: every sample's size, when they are all one size
+    sizes: array | None = None  # stsz: each sample's size otherwise
+    chunks: array | None = None  # stco/co64: each chunk's offset
+    chunk_runs: list[tuple[int, int]] = field(default_factory=list)  # stsc: (first chunk, samples per chunk)
+    composition_offsets: bool = False  # a ctts
     edits: list[tuple[int, int, Fraction]] = field(default_factory=list)  # (duration, media time, rate)
     entry: bytes = b""  # the first sample entry's type
     codec: str | None = None
@@ -158,12 +170,14 @@ def _esds_object_type(data: bytes, lo: int, hi: int) -> int | None:
     return data[pos] if tag == 0x04 and pos < hi else None
 
 
-def _children(data: bytes, lo: int, hi: int) -> dict[bytes, tuple[int, int]]:
+def _children(data: bytes, lo: int, hi: int, depth: int = 0) -> dict[bytes, tuple[int, int]]:
     """A sample entry's child boxes by type (also those inside a QuickTime `wave`)."""
+    if depth > MAX_DEPTH:
+        raise Unsure("boxes nested too deep")
     found: dict[bytes, tuple[int, int]] = {}
     for kind, body, end in boxes(data, lo, hi):
         if kind == b"wave":
-            found.update({k: v for k, v in _children(data, body, end).items() if k not in found})
+            found.update({k: v for k, v in _children(data, body, end, depth + 1).items() if k not in found})
         found.setdefault(kind, (body, end))
     return found
 
@@ -223,37 +237,74 @@ def _table(data: bytes, kind: bytes, body: int, end: int, track: Track) -> None:
             duration, media_time, whole, part = struct.unpack_from(layout, data, body + 8 + k * step)
             track.edits.append((duration, media_time, whole + Fraction(part, 65536)))
     elif kind == b"stts":
-        (count,) = struct.unpack_from(">I", data, body + 4)
-        if body + 8 + count * 8 > end:
-            raise Unsure("stts runs past its box")
-        pairs = struct.unpack_from(f">{2 * count}I", data, body + 8)
+        pairs = _entries(data, body, end, 8, "I", 2)
         track.sample_durations = sum(n * d for n, d in zip(pairs[::2], pairs[1::2], strict=True))
     elif kind == b"stsz":
-        uniform, count = struct.unpack_from(">II", data, body + 4)
-        if not uniform and body + 12 + count * 4 > end:
-            raise Unsure("stsz runs past its box")
-        track.samples = count
-        track.sample_bytes = uniform * count if uniform else sum(struct.unpack_from(f">{count}I", data, body + 12))
+        track.uniform_size, track.samples = struct.unpack_from(">II", data, body + 4)
+        if not track.uniform_size:
+            track.sizes = _entries(data, body + 4, end, 8, "I", 1)
     elif kind in (b"stco", b"co64"):
-        (count,) = struct.unpack_from(">I", data, body + 4)
-        width = 4 if kind == b"stco" else 8
-        if body + 8 + count * width > end:
-            raise Unsure(f"{kind!r} runs past its box")
-        offsets = struct.unpack_from(f">{count}{'I' if width == 4 else 'Q'}", data, body + 8)
-        track.last_chunk = max(offsets, default=0)
+        track.chunks = _entries(data, body, end, 8, "I" if kind == b"stco" else "Q", 1)
+    elif kind == b"stsc":
+        runs = _entries(data, body, end, 8, "I", 3)
+        track.chunk_runs = list(zip(runs[::3], runs[1::3], strict=True))
+    elif kind == b"ctts":
+        track.composition_offsets = True
     elif kind == b"stz2":
         raise Unsure("compact sample sizes (stz2)")
+
+
+def _entries(data: bytes, body: int, end: int, header: int, code: str, per_entry: int) -> array:
+    """A full box's table of big-endian unsigned entries (a count at body+4, then the table at
+    body+header), as a compact array: a long table must not become a list of Python ints."""
+    (count,) = struct.unpack_from(">I", data, body + 4)
+    table = array(code)
+    stop = body + header + count * per_entry * table.itemsize
+    if stop > end:
+        raise Unsure("a sample table runs past its box")
+    table.frombytes(data[body + header:stop])
+    if sys.byteorder == "little":
+        table.byteswap()
+    return table
+
+
+def _media_end(track: Track) -> int:
+    """Where the last byte of the track's media is: the end of its furthest chunk (stco/co64
+    offsets, stsc samples per chunk, stsz sizes)."""
+    if not track.chunks or not track.samples:
+        return 0
+    if track.sizes is not None:
+        prefix = [0, *accumulate(track.sizes)]
+        size = lambda a, b: prefix[b] - prefix[a]  # noqa: E731 - the bytes of samples a..b-1
+    else:
+        size = lambda a, b: (b - a) * track.uniform_size  # noqa: E731
+    runs = track.chunk_runs or [(1, 0)]
+    end = sample = 0
+    for k, (first, per_chunk) in enumerate(runs):
+        last = runs[k + 1][0] - 1 if k + 1 < len(runs) else len(track.chunks)
+        if first < 1 or last > len(track.chunks):
+            raise Unsure("stsc names chunks that stco does not list")
+        for chunk in range(first - 1, last):
+            stop = sample + per_chunk
+            if stop > track.samples:
+                raise Unsure("stsc lists more samples than stsz")
+            if per_chunk:
+                end = max(end, track.chunks[chunk] + size(sample, stop))
+            sample = stop
+    return end
 
 
 def _track(data: bytes, lo: int, hi: int) -> Track:
     track = Track()
     stsd: tuple[int, int] | None = None
 
-    def walk(lo: int, hi: int) -> None:
+    def walk(lo: int, hi: int, depth: int = 0) -> None:
         nonlocal stsd
+        if depth > MAX_DEPTH:
+            raise Unsure("boxes nested too deep")
         for kind, body, end in boxes(data, lo, hi):
             if kind in CONTAINERS:
-                walk(body, end)
+                walk(body, end, depth + 1)
             elif kind == b"stsd":
                 stsd = (body, end)
             else:
@@ -279,6 +330,8 @@ def _stream_timing(track: Track, movie_timescale: int) -> tuple[float, float]:
     if track.sample_durations:
         ticks = min(ticks, track.sample_durations)
     edits = track.edits
+    if not edits and track.composition_offsets:
+        raise Unsure("composition offsets without an edit list (the first frame is shown late)")
     empty = 0
     if edits and edits[0][1] == -1 and len(edits) == 2:
         empty, edits = edits[0][0], edits[1:]
@@ -292,7 +345,14 @@ def _stream_timing(track: Track, movie_timescale: int) -> tuple[float, float]:
             raise Unsure("a movie without a time scale")
         ticks = min(ticks, _rescale(duration, track.timescale, movie_timescale))
     start = _rescale(empty, track.timescale, movie_timescale) if empty else 0
-    return round(start / track.timescale, 6), round(ticks / track.timescale, 6)
+    return _seconds(start, track.timescale), _seconds(ticks, track.timescale)
+
+
+def _seconds(ticks: int, timescale: int) -> float:
+    """What ffprobe prints for `ticks` in a 1/timescale time base: "%f" of ticks * av_q2d(tb)
+    (a product with the rounded reciprocal, which rounds some ties the other way than a
+    division), read back as a float, as media_info_from_json reads it."""
+    return float("%f" % (ticks * (1.0 / timescale)))
 
 
 def _timing(track: Track, movie_timescale: int) -> dict[str, float]:
@@ -307,7 +367,8 @@ def read_index(path: Path, *, need_sar: bool = False) -> MediaInfo:
     data, file_size = read_moov(path)
     try:
         return _media_info(data, file_size, need_sar)
-    except (struct.error, IndexError, StopIteration, ZeroDivisionError, ValueError, OverflowError) as exc:
+    except (struct.error, IndexError, StopIteration, ZeroDivisionError, ValueError, OverflowError,
+            RecursionError, MemoryError) as exc:
         raise Unsure(f"unreadable index: {exc!r}") from None
 
 
@@ -326,7 +387,9 @@ def _media_info(data: bytes, file_size: int, need_sar: bool) -> MediaInfo:
             raise Unsure("a fragmented MP4")
     if not movie_timescale or not movie_duration:
         raise Unsure("no movie duration")
-    if sum(t.sample_bytes for t in tracks) > file_size or any(t.last_chunk >= file_size for t in tracks):
+    if b"covr" in data:
+        raise Unsure("cover art (ffprobe counts it as a stream)")
+    if any(_media_end(t) > file_size for t in tracks):
         raise Broken("its index lists samples past the end of the file (a truncated file)")
     videos = [t for t in tracks if t.handler == b"vide"]
     audios = [t for t in tracks if t.handler == b"soun"]
@@ -346,6 +409,8 @@ def _media_info(data: bytes, file_size: int, need_sar: bool) -> MediaInfo:
         audio = AudioStream(index=index[id(a)], codec=a.codec or "unknown", profile=None, sample_rate=a.sample_rate,
                             channels=a.channels, **_timing(a, movie_timescale))
     # av_rescale(duration, AV_TIME_BASE, time_scale), printed to 6 decimals
-    duration = _rescale(movie_duration, 1_000_000, movie_timescale) / 1_000_000
+    duration = _seconds(_rescale(movie_duration, 1_000_000, movie_timescale), 1_000_000)
+    # the container starts with its earliest stream (every track's timing must then be known)
+    start = min((_stream_timing(t, movie_timescale)[0] for t in tracks if t.timescale), default=0.0)
     return MediaInfo(format_name=FORMAT_NAME, duration=duration, size=file_size, video=video, audio=audio,
-                     video_streams=len(videos), audio_streams=len(audios), start_time=0.0, streams=len(tracks))
+                     video_streams=len(videos), audio_streams=len(audios), start_time=start, streams=len(tracks))

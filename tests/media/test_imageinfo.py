@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import subprocess
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,30 @@ def test_a_damaged_header_is_unsure_or_broken_never_an_exception(sources, tmp_pa
                 read_image(made.path)
             except (Unsure, Broken):
                 pass
+
+
+def test_aspect_ratio_headers_count_where_ffprobe_reads_them(sources, tmp_path: Path) -> None:
+    # ffmpeg's own images with a 4:3 aspect ratio, then the header that says so moved elsewhere
+    src = str(sources["gop2"].path)
+    png, jpg = tmp_path / "a.png", tmp_path / "a.jpg"
+    for image in (png, jpg):
+        subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", src, "-vf", "setsar=4/3", "-frames:v", "1",
+                        str(image)], check=True)
+    # PNG: a pHYs after the image data is ignored by pngdec
+    data = png.read_bytes()
+    at = data.index(b"pHYs") - 4
+    phys = data[at:at + 21]
+    data = data[:at] + data[at + 21:]
+    end = data.index(b"IEND") - 4
+    png.write_bytes(data[:end] + phys + data[end:])
+    # JPEG: a JFIF APP0 after the frame header still counts for mjpegdec
+    data = jpg.read_bytes()
+    at = data.index(b"\xff\xe0")
+    app0 = data[at:at + 2 + int.from_bytes(data[at + 2:at + 4], "big")]
+    data = data[:at] + data[at + len(app0):]
+    sof = data.index(b"\xff\xc0")
+    sof_end = sof + 2 + int.from_bytes(data[sof + 2:sof + 4], "big")
+    jpg.write_bytes(data[:sof_end] + app0 + data[sof_end:])
+    for image in (png, jpg):
+        assert what_checks_read(read_image(image)) == what_checks_read(ffprobe_info(image))
+    assert read_image(png).video.sar == 1 and read_image(jpg).video.sar == Fraction(4, 3)

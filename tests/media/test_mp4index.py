@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import shutil
+import struct
 import subprocess
 from pathlib import Path
 
@@ -64,22 +65,40 @@ def test_batched_copies_read_as_ffprobe_reads(sources, tmp_path: Path, media, co
         assert what_checks_read(made.info) == what_checks_read(ffprobe_info(made.path))
 
 
-def test_a_stream_that_starts_late_reads_as_ffprobe_reads(sources, tmp_path: Path) -> None:
+def ffmpeg(*args: str) -> None:
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", *args], check=True)
+
+
+def test_streams_that_start_late_read_as_ffprobe_reads(sources, tmp_path: Path) -> None:
     # audio a second late: an empty edit before the real one
-    src = sources["gop2"].path
+    src = str(sources["gop2"].path)
     late = tmp_path / "late.mp4"
-    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(src), "-itsoffset", "1", "-i", str(src),
-                    "-map", "0:v", "-map", "1:a", "-c", "copy", "-t", "4", str(late)], check=True)
+    ffmpeg("-i", src, "-itsoffset", "1", "-i", src, "-map", "0:v", "-map", "1:a", "-c", "copy", "-t", "4", str(late))
     info = read_index(late)
     assert info.audio.start_time == pytest.approx(1, abs=0.05) and what_checks_read(info) == what_checks_read(ffprobe_info(late))
+    # every stream late: the container starts with the earliest
+    offset = tmp_path / "offset.mp4"
+    ffmpeg("-i", src, "-t", "3", "-c", "copy", "-output_ts_offset", "1", str(offset))
+    info = read_index(offset)
+    assert info.start_time > 0.9 and what_checks_read(info) == what_checks_read(ffprobe_info(offset))
 
 
 def test_what_the_index_does_not_model_goes_to_ffprobe(sources, tmp_path: Path, control) -> None:
+    src = str(sources["gop2"].path)
     frag = tmp_path / "frag.mp4"  # a fragmented MP4: the samples are listed in moof boxes
-    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(sources["gop2"].path), "-t", "3", "-c", "copy",
-                    "-movflags", "+frag_keyframe+empty_moov", str(frag)], check=True)
+    ffmpeg("-i", src, "-t", "3", "-c", "copy", "-movflags", "+frag_keyframe+empty_moov", str(frag))
     with pytest.raises(Unsure, match="fragmented"):
         read_index(frag)
+    noedit = tmp_path / "noedit.mp4"  # B-frames without an edit list: the first frame is shown late
+    ffmpeg("-i", src, "-t", "3", "-c", "copy", "-use_editlist", "0", str(noedit))
+    with pytest.raises(Unsure, match="composition offsets"):
+        read_index(noedit)
+    cover = tmp_path / "cover.m4a"  # cover art: ffprobe counts it as a stream
+    ffmpeg("-i", src, "-ss", "1", "-i", src, "-map", "0:a", "-map", "1:v", "-frames:v:0", "1", "-c:a", "copy",
+           "-c:v", "png", "-disposition:v", "attached_pic", "-t", "2", str(cover))
+    with pytest.raises(Unsure, match="cover art"):
+        read_index(cover)
+    assert read_output_info(cover, control=control, what="clip")[0].streams == 2
     info, reason = read_output_info(frag, control=control, what="clip")
     assert reason == "" and info.duration == pytest.approx(3, abs=0.2)
     # not an MP4 at all (Matroska) goes to ffprobe too
@@ -92,10 +111,11 @@ def test_an_output_cut_short_after_its_index_fails(sources, tmp_path: Path, cont
     whole = tmp_path / "whole.mp4"
     shutil.copy(sources["gop1"].path, whole)
     cut = tmp_path / "cut.mp4"
-    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
-    assert ffprobe_info(cut).duration > 0
-    with pytest.raises(TransientError, match=r"clip: the output is unreadable: .*past the end of the file"):
-        probe_output(cut, control=control, what="clip")
+    for lost in (whole.stat().st_size // 2, 1):  # half of it, or only its last byte
+        cut.write_bytes(whole.read_bytes()[:-lost])
+        assert ffprobe_info(cut).duration > 0
+        with pytest.raises(TransientError, match=r"clip: the output is unreadable: .*past the end of the file"):
+            probe_output(cut, control=control, what="clip")
 
 
 def test_a_damaged_index_is_unsure_or_broken_never_an_exception(sources, tmp_path: Path) -> None:
@@ -113,3 +133,16 @@ def test_a_damaged_index_is_unsure_or_broken_never_an_exception(sources, tmp_pat
             read_index(damaged, need_sar=True)
         except (Unsure, Broken):
             pass
+
+
+def test_boxes_nested_without_end_are_unsure(tmp_path: Path) -> None:
+    def box(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I4s", 8 + len(body), kind) + body
+
+    nested = b""
+    for _ in range(3000):
+        nested = box(b"edts", nested)
+    deep = tmp_path / "deep.mp4"
+    deep.write_bytes(box(b"ftyp", b"isom\0\0\2\0") + box(b"moov", box(b"trak", nested)))
+    with pytest.raises(Unsure, match="nested too deep"):
+        read_index(deep)
