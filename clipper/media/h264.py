@@ -14,7 +14,7 @@ from pathlib import Path
 
 from clipper.jobs.probe import PROBE_TIMEOUT
 from clipper.media.command import JobControl, local_input_options, run_command
-from clipper.media.mp4index import Unsure, boxes, read_moov
+from clipper.media.isobmff import Unsure, boxes, read_moov
 from clipper.media.smartplan import SmartCutFallback
 
 

@@ -21,7 +21,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from clipper.jobs.probe import MediaInfo, VideoStream
-from clipper.media.mp4index import Broken, Unsure
+from clipper.media.isobmff import Broken, Unsure
 
 MAX_IMAGE = 256 * 1024 * 1024  # bytes: a thumbnail this big is not one we wrote (ask ffprobe)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -28,24 +28,22 @@ kind of MP4 output clipper writes against ffprobe's reading of the same file.
 One more check ffprobe does not make: every sample the index lists lies inside the file (the end
 of each track's furthest chunk, from stco/stsc/stsz; a file cut short after its `moov`, even by
 one byte, raises `Broken`, where ffprobe reads the header and says nothing). The `moov` is read
-whole (at most `MAX_MOOV` bytes; ours are kilobytes), never the media data; its sample tables
+whole (at most `isobmff.MAX_MOOV` bytes; ours are kilobytes), never the media data; its sample tables
 are read into compact arrays, not lists of Python ints.
 """
 
 from __future__ import annotations
 
 import struct
-import sys
 from array import array
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from itertools import accumulate
 from pathlib import Path
 
 from clipper.jobs.probe import AudioStream, MediaInfo, VideoStream
+from clipper.media.isobmff import Broken, Unsure, boxes, read_moov, table_entries
 
-MAX_MOOV = 16 * 1024 * 1024  # bytes; a moov this big is not one of our clips' (ask ffprobe)
 MAX_DEPTH = 12  # boxes nested deeper than this are not ours (ffprobe: "Atoms too deeply nested")
 FORMAT_NAME = "mov,mp4,m4a,3gp,3g2,mj2"  # what ffprobe calls the demuxer
 
@@ -56,62 +54,6 @@ AUDIO_CODECS = {b"Opus": "opus", b"fLaC": "flac", b"ac-3": "ac3", b"ec-3": "eac3
                 b".mp3": "mp3"}
 OBJECT_TYPES = {0x20: "mpeg4", 0x40: "aac", 0x66: "aac", 0x67: "aac", 0x68: "aac", 0x69: "mp3", 0x6B: "mp3"}
 CONTAINERS = {b"moov", b"trak", b"mdia", b"minf", b"stbl", b"edts"}
-
-
-class Unsure(Exception):
-    """The index holds something this reader does not model: ask ffprobe (module doc)."""
-
-
-class Broken(Exception):
-    """The index lists samples past the end of the file: the file was cut short."""
-
-
-def boxes(data: bytes | memoryview, lo: int, hi: int) -> Iterator[tuple[bytes, int, int]]:
-    """The boxes in data[lo:hi]: (type, body start, end). A box that does not fit is Unsure."""
-    pos = lo
-    while pos + 8 <= hi:
-        size, kind = struct.unpack_from(">I4s", data, pos)
-        header = 8
-        if size == 1:
-            if pos + 16 > hi:
-                raise Unsure("a box header runs past its parent")
-            (size,), header = struct.unpack_from(">Q", data, pos + 8), 16
-        elif size == 0:
-            size = hi - pos
-        if size < header or pos + size > hi:
-            raise Unsure(f"box {kind!r} runs past its parent")
-        yield bytes(kind), pos + header, pos + size
-        pos += size
-
-
-def read_moov(path: Path) -> tuple[bytes, int]:
-    """(the top-level `moov` box's body, the file's size), found by seeking over the others.
-    Unsure when the file does not start with `ftyp` or has no (whole) moov."""
-    with open(path, "rb") as f:
-        end = f.seek(0, 2)
-        pos = 0
-        first = True
-        while pos + 8 <= end:
-            f.seek(pos)
-            head = f.read(16)
-            size, kind = struct.unpack_from(">I4s", head)
-            header = 8
-            if size == 1 and len(head) == 16:
-                (size,), header = struct.unpack_from(">Q", head, 8), 16
-            elif size == 0:
-                size = end - pos
-            if first and kind != b"ftyp":
-                raise Unsure("not an ISO base media file (no ftyp first)")
-            first = False
-            if size < header or pos + size > end:
-                raise Unsure(f"box {kind!r} at {pos} runs past the end of the file")
-            if kind == b"moov":
-                if size > MAX_MOOV:
-                    raise Unsure(f"moov of {size} bytes")
-                f.seek(pos + header)
-                return f.read(size - header), end
-            pos += size
-    raise Unsure("no moov box")
 
 
 @dataclass
@@ -237,35 +179,21 @@ def _table(data: bytes, kind: bytes, body: int, end: int, track: Track) -> None:
             duration, media_time, whole, part = struct.unpack_from(layout, data, body + 8 + k * step)
             track.edits.append((duration, media_time, whole + Fraction(part, 65536)))
     elif kind == b"stts":
-        pairs = _entries(data, body, end, 8, "I", 2)
+        pairs = table_entries(data, body, end, 8, "I", 2)
         track.sample_durations = sum(n * d for n, d in zip(pairs[::2], pairs[1::2], strict=True))
     elif kind == b"stsz":
         track.uniform_size, track.samples = struct.unpack_from(">II", data, body + 4)
         if not track.uniform_size:
-            track.sizes = _entries(data, body + 4, end, 8, "I", 1)
+            track.sizes = table_entries(data, body + 4, end, 8, "I", 1)
     elif kind in (b"stco", b"co64"):
-        track.chunks = _entries(data, body, end, 8, "I" if kind == b"stco" else "Q", 1)
+        track.chunks = table_entries(data, body, end, 8, "I" if kind == b"stco" else "Q", 1)
     elif kind == b"stsc":
-        runs = _entries(data, body, end, 8, "I", 3)
+        runs = table_entries(data, body, end, 8, "I", 3)
         track.chunk_runs = list(zip(runs[::3], runs[1::3], strict=True))
     elif kind == b"ctts":
         track.composition_offsets = True
     elif kind == b"stz2":
         raise Unsure("compact sample sizes (stz2)")
-
-
-def _entries(data: bytes, body: int, end: int, header: int, code: str, per_entry: int) -> array:
-    """A full box's table of big-endian unsigned entries (a count at body+4, then the table at
-    body+header), as a compact array: a long table must not become a list of Python ints."""
-    (count,) = struct.unpack_from(">I", data, body + 4)
-    table = array(code)
-    stop = body + header + count * per_entry * table.itemsize
-    if stop > end:
-        raise Unsure("a sample table runs past its box")
-    table.frombytes(data[body + header:stop])
-    if sys.byteorder == "little":
-        table.byteswap()
-    return table
 
 
 def _media_end(track: Track) -> int:

@@ -28,7 +28,8 @@ from clipper.errors import PermanentError, TransientError
 from clipper.jobs.probe import MediaInfo, read_media_info
 from clipper.media.command import JobControl
 from clipper.media.imageinfo import read_image
-from clipper.media.mp4index import Broken, Unsure, read_index
+from clipper.media.isobmff import Broken, Unsure
+from clipper.media.mp4index import read_index
 
 # Demuxers that may read back what we wrote (our outputs are trusted, but the whitelist stays
 # narrow all the same).

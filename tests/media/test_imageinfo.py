@@ -17,7 +17,7 @@ from clipper.jobs.probe import MediaInfo, media_info_from_json
 from clipper.jobs.spec import ThumbSpec
 from clipper.jobs.thumbs import make_thumbnail
 from clipper.media.imageinfo import read_image
-from clipper.media.mp4index import Broken, Unsure
+from clipper.media.isobmff import Broken, Unsure
 from clipper.media.verify import verify_image
 
 

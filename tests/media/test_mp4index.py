@@ -18,7 +18,8 @@ from clipper.jobs.clip import make_clip
 from clipper.jobs.copies import make_copy_clips
 from clipper.jobs.probe import MediaInfo, media_info_from_json
 from clipper.jobs.spec import ClipSpec
-from clipper.media.mp4index import Broken, Unsure, read_index
+from clipper.media.isobmff import Broken, Unsure
+from clipper.media.mp4index import read_index
 from clipper.media.verify import probe_output, read_output_info
 
 
