@@ -48,6 +48,8 @@ class JobRunner:
         log = logs.get_logger(env=self.settings.env, job_id=item.job_id, attempt=item.attempts)
         spec: JobSpec | None = None
         started = time.monotonic()
+        item.control.finished = lambda program, status, seconds, peak: log.debug(
+            "subprocess.finished", program=program, exit=status, seconds=seconds, max_rss_bytes=peak)
 
         def failure(kind: Any, message: str) -> Failure:
             # a message refused before it became a job still tells its producer

@@ -90,22 +90,6 @@ def _terminate(proc: subprocess.Popen | None, grace: float) -> None:
         proc.wait(10)
 
 
-def children_of(pid: int) -> list[int]:
-    """The live processes whose parent is `pid` (from /proc/<pid>/stat; not zombies)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
-        if fields[0] != "Z" and int(fields[1]) == pid:
-            found.append(int(entry.name))
-    return found
-
-
 def processes_mentioning(text: str) -> list[tuple[int, str]]:
     """(pid, cmdline) of live processes (not this one, not zombies) whose command line contains `text`."""
     needle = text.encode()

@@ -52,6 +52,8 @@ class JobControl:
     progress: Callable[[FfmpegProgress], None] | None = None
     # (program, reason) of each subprocess that failed: "exit", "signal", "timeout", "cancelled"
     failed: Callable[[str, str], None] | None = None
+    # (program, exit status, seconds, peak resident memory in bytes) of each subprocess that ended
+    finished: Callable[[str, int, float, int], None] | None = None
     reason: str = "shutdown"  # or "request": `clipper cancel` (the job is finished, not requeued)
     _procs: set[subprocess.Popen] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -152,6 +154,10 @@ def run_command(
                 control._unregister(proc)
         tail = _tail(err)
     result = CommandResult(proc.returncode, stdout or b"", tail, time.monotonic() - started)
+    if control is not None and control.finished is not None:
+        # ru_maxrss is in KiB on Linux: the child's own peak (setpriv and prlimit exec into it)
+        peak = proc.rusage.ru_maxrss * 1024 if proc.rusage is not None else 0
+        control.finished(cmd[0], proc.returncode, round(result.seconds, 3), peak)
     if proc.returncode != 0 and control is not None and control.failed is not None:
         cancelled = control.cancelled.is_set()
         control.failed(cmd[0], "cancelled" if cancelled else "signal" if proc.returncode < 0 else "exit")

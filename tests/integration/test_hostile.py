@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 import urllib.parse
 from typing import TYPE_CHECKING, Any
 
 import pytest
 from schemacheck import explain_rejection
-from services import children_of
 
 if TYPE_CHECKING:
     from conftest import ClipperHarness
@@ -224,24 +222,12 @@ def test_a_job_never_overwrites_another_jobs_outputs(clipper: ClipperHarness, ht
 
 def peak_child_rss(clipper: ClipperHarness, job_id: str, timeout: float = 120) -> tuple[int, dict[str, Any]]:
     """The largest resident set (bytes) any child of the daemon (ffprobe, ffmpeg) had while
-    `job_id` ran, and the finished job."""
-    daemon = clipper.running_pid()
-    assert daemon is not None, clipper.diagnostics()
-    peak = 0
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for pid in children_of(daemon):
-            try:
-                status = open(f"/proc/{pid}/status").read()
-            except OSError:
-                continue
-            rss = [int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")]
-            peak = max([peak, *(kb * 1024 for kb in rss)])
-        job = clipper.job(job_id)
-        if job.get("status") in ("done", "failed"):
-            return peak, job
-        time.sleep(0.01)
-    raise AssertionError(f"job {job_id} not finished within {timeout:g} s\n{clipper.diagnostics()}")
+    `job_id` ran, from the daemon's `subprocess.finished` events (wait4's peak of each child:
+    sampling /proc misses a child that lives 50 ms), and the finished job."""
+    job = clipper.wait_job(job_id, ("done", "failed"), timeout=timeout)
+    ran = [e for e in clipper.log_events() if e.get("event") == "subprocess.finished" and e.get("job_id") == job_id]
+    assert ran, f"no subprocess.finished event for {job_id}\n{clipper.diagnostics()}"
+    return max(e["max_rss_bytes"] for e in ran), job
 
 
 def test_a_huge_picture_is_refused_after_the_probe_within_the_memory_limit(clipper: ClipperHarness, http,
