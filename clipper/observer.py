@@ -31,37 +31,45 @@ WRITE_GAP = 0.2  # seconds a progress write waits for the job's next report (whi
 FLUSH_WAIT = 2.0  # seconds the main thread waits at most for a job's progress write in flight
 
 
+Report = tuple[str, float | None, float | None]  # stage, percent, eta
+
+
+def merged(older: Report | None, newer: Report) -> Report:
+    """One report for two: the newer stage and eta, the last percent known (set_progress leaves
+    the percent as it was when given none, so the record ends the same)."""
+    stage, percent, eta = newer
+    return (stage, older[1] if percent is None and older is not None else percent, eta)
+
+
 class ProgressWriter:
     """Writes running jobs' progress from one thread. A job's report waits at most WRITE_GAP;
-    reports that come meanwhile replace it (the stage and eta of the newest, the last percent
-    known), so the six stage changes of a 0.1 s job cost one or two writes instead of six, each
-    two round trips that an `appendfsync always` Redis fsyncs (issue 8: a fifth of the daemon's
-    throughput on short jobs). The record and the events end as the writes one by one would
-    leave them. `flush(job_id)`, from the main thread before it records the job's outcome,
-    writes what is pending for the job at once, after any write of it in flight: a progress
-    write never lands after the outcome. `write` never raises (progress is informative)."""
+    reports that come meanwhile replace it (`merged`), so the six stage changes of a 0.1 s job
+    cost one or two writes instead of six, each two round trips that an `appendfsync always`
+    Redis fsyncs (issue 8), and a pool thread never waits on Redis for progress. `flush(job_id)`,
+    from the main thread before it records the job's outcome, takes the job's report out of
+    the queue (or the batch being written) and writes it at once, after any write of it in
+    flight: a progress write never lands after the outcome. `write` never raises."""
 
     def __init__(self, write: Callable[[str, str, float | None, float | None], None]):
         self._write = write
         self._cond = threading.Condition()
-        self._pending: dict[str, tuple[str, float | None, float | None]] = {}
-        self._writing: set[str] = set()
+        self._pending: dict[str, Report] = {}  # reports waiting for the next batch
+        self._batch: dict[str, Report] = {}  # the batch being written, what is left of it
+        self._writing: str | None = None  # the job whose report is being written now
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="progress-writer", daemon=True)
         self._thread.start()
 
     def put(self, job_id: str, stage: str, percent: float | None, eta: float | None) -> None:
         with self._cond:
-            older = self._pending.get(job_id)
-            if percent is None and older is not None:
-                percent = older[1]  # set_progress leaves the percent as it was when given none
-            self._pending[job_id] = (stage, percent, eta)
+            self._pending[job_id] = merged(self._pending.get(job_id), (stage, percent, eta))
             self._cond.notify_all()
 
     def flush(self, job_id: str) -> None:
         with self._cond:
-            self._cond.wait_for(lambda: job_id not in self._writing, FLUSH_WAIT)
-            report = self._pending.pop(job_id, None)
+            self._cond.wait_for(lambda: self._writing != job_id, FLUSH_WAIT)
+            older, newer = self._batch.pop(job_id, None), self._pending.pop(job_id, None)
+        report = merged(older, newer) if newer is not None else older
         if report is not None:
             self._write(job_id, *report)
 
@@ -78,15 +86,20 @@ class ProgressWriter:
                     return
             time.sleep(WRITE_GAP)  # the job's next reports replace this one meanwhile
             with self._cond:
-                batch, self._pending = self._pending, {}
-                self._writing = set(batch)
-            try:
-                for job_id, report in batch.items():
-                    self._write(job_id, *report)
-            finally:
+                self._batch, self._pending = self._pending, {}
+            while True:
                 with self._cond:
-                    self._writing = set()
-                    self._cond.notify_all()
+                    if not self._batch:
+                        break
+                    job_id = next(iter(self._batch))
+                    report = self._batch.pop(job_id)
+                    self._writing = job_id
+                try:
+                    self._write(job_id, *report)
+                finally:
+                    with self._cond:
+                        self._writing = None
+                        self._cond.notify_all()
 
 
 class Observer:

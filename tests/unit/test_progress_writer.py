@@ -61,3 +61,20 @@ def test_flush_writes_at_once_after_a_write_in_flight_and_nothing_comes_later() 
         assert len(rec.writes) == 2  # nothing of a's is written after the flush (the outcome comes next)
     finally:
         writer.close()
+
+
+def test_flush_takes_a_report_out_of_the_batch_being_written() -> None:
+    rec = Recorder()
+    rec.hold["x"] = threading.Event()
+    writer = ProgressWriter(rec)
+    try:
+        writer.put("x", "clip", 10.0, None)
+        writer.put("b", "upload", 100.0, None)  # the same batch, after x
+        assert rec.started.wait(5)  # the thread is writing x; b waits in the batch
+        writer.flush("b")  # b's runner returned: its report is written now, by the flush
+        assert rec.writes == [("b", "upload", 100.0, None)]
+        rec.hold.pop("x").set()
+        time.sleep(2 * WRITE_GAP)
+        assert rec.writes == [("b", "upload", 100.0, None), ("x", "clip", 10.0, None)]  # b once, never after
+    finally:
+        writer.close()
